@@ -1,0 +1,50 @@
+"""The ``robalign`` command line.
+
+Each subcommand lives in its own module under ``robalign.cli`` exposing
+``add_arguments(parser)`` and ``run(args) -> int``; the table below is the only registry.
+Modules are imported lazily so ``robalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-model": ("robalign.cli.tiny", "build an offline tokenizer and tiny model (llama / gpt_neox / gpt2)"),
+    "train": ("robalign.cli.train", "preference-train a causal LM from a YAML config plus key=value overrides"),
+    "validate": ("robalign.cli.validate", "check YAML configs without running them"),
+    "demo": ("robalign.cli.demo", "run the main job end to end on the embedded synthetic default"),
+    "judge": ("robalign.cli.judge", "run judges on saved responses, measure judge agreement, select a judge"),
+    "generate": ("robalign.cli.generate", "generate responses from a model spec (hf / openai / vllm) with caching"),
+    "serve-openai": ("robalign.cli.serve", "serve a local OpenAI-compatible chat API (tests, fault injection)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="robalign", description="robalign: robust alignment and bias evaluation")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    from robalign.errors import UserError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except UserError as exc:
+        print(f"robalign {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

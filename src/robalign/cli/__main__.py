@@ -1,0 +1,5 @@
+import sys
+
+from robalign.cli import main
+
+sys.exit(main())

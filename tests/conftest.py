@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny models built offline once per session, and the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ROBALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real public data sets; not committed). Skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set ROBALIGN_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from robalign.models.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _build(tmp_path_factory, tokenizer, arch: str, size: str = "nano") -> Path:
+    from robalign.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp(f"{arch}_{size}") / "model", size, arch, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def nano_llama(tmp_path_factory, tiny_tokenizer) -> Path:
+    """Directory of a ~0.8M-parameter Llama-style model with the offline tokenizer."""
+    return _build(tmp_path_factory, tiny_tokenizer, "llama")
+
+
+@pytest.fixture(scope="session")
+def nano_gpt_neox(tmp_path_factory, tiny_tokenizer) -> Path:
+    return _build(tmp_path_factory, tiny_tokenizer, "gpt_neox")
+
+
+@pytest.fixture(scope="session")
+def nano_gpt2(tmp_path_factory, tiny_tokenizer) -> Path:
+    return _build(tmp_path_factory, tiny_tokenizer, "gpt2")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own robalign cache directory."""
+    monkeypatch.setenv("ROBALIGN_CACHE", str(tmp_path / "robalign_cache"))
