@@ -60,6 +60,7 @@ class DataConfig:
     eval_split: str | None = None  # split name for the eval set when `eval` is an hf: id
     eval_fraction: float = 0.1
     limit: int | None = None  # keep the first N training pairs (after loading, before the eval hold-out)
+    on_invalid: str = "error"  # error | skip: rows with empty text, chosen == rejected, bad soft labels
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128
     long_prompt: str = "truncate"  # truncate (keep the end) | skip | error
@@ -251,6 +252,8 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"loss.label_smoothing must lie in [0, 0.5], got {config.loss.label_smoothing}")
     if not 0.0 <= config.data.noise_rate <= 1.0:
         raise ConfigError(f"data.noise_rate must lie in [0, 1], got {config.data.noise_rate}")
+    if config.data.on_invalid not in ("error", "skip"):
+        raise ConfigError(f"data.on_invalid must be error or skip, got '{config.data.on_invalid}'")
     if config.data.long_prompt not in ("truncate", "skip", "error"):
         raise ConfigError(f"data.long_prompt must be truncate, skip or error, got '{config.data.long_prompt}'")
     if config.data.max_prompt_length >= config.data.max_length:

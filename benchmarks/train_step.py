@@ -1,0 +1,139 @@
+"""Seconds per DPO optimizer step: robalign versus TRL's DPOTrainer, same model, same data,
+same process.
+
+    python benchmarks/train_step.py --json            # micro model (~9M params), batch 8
+    python benchmarks/train_step.py --size nano --steps 10
+
+TRL is configured fairly for a CPU: fp32 (its DPOConfig defaults to bf16), no gradient
+checkpointing (also on by default), no evaluation or saving, its default reference handling
+(a reference forward every step). robalign precomputes reference log-probs once (their time
+is reported separately) and runs chosen + rejected in one forward pass.
+Prints one JSON object; `robalign_over_trl` < 1 means robalign is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+
+
+def bench_pairs(n: int, seed: int = 0):
+    """Synthetic pairs lengthened to ~128 tokens (two prompts, two-sentence responses)."""
+    from robalign.data.preference import PreferencePair
+    from robalign.data.synthetic import synthetic_pairs
+
+    base = synthetic_pairs(2 * n, seed=seed)
+    return [PreferencePair(id=f"b{i}", prompt=a.prompt + " " + b.prompt, chosen=a.chosen + " " + b.chosen,
+                           rejected=a.rejected + " " + b.rejected)
+            for i, (a, b) in enumerate(zip(base[::2], base[1::2]))]
+
+
+def time_robalign(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_length: int) -> dict:
+    from robalign.data.tokenize import collate_pairs, tokenize_pairs
+    from robalign.models.loading import load_causal_lm, load_tokenizer
+    from robalign.training.reference import compute_reference_logps
+    from robalign.training.step import LossSettings, accumulate_gradients
+
+    tok = load_tokenizer(str(model_dir))
+    model = load_causal_lm(str(model_dir))
+    tp = tokenize_pairs(pairs, tok, max_length, max_length // 2, use_chat_template=False).pairs
+    t0 = time.perf_counter()
+    reference = compute_reference_logps(model, tp, tok.pad_token_id, batch_size=32)
+    ref_seconds = time.perf_counter() - t0
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    settings = LossSettings({"dpo": 1.0}, 0.1, 0.0, 0.1, False, "mean", 1.0)
+    times, tokens = [], []
+    for step in range(warmup + steps):
+        chunk = tp[(step * batch) % len(tp):][:batch]
+        t0 = time.perf_counter()
+        b = collate_pairs(chunk, tok.pad_token_id)
+        accumulate_gradients(model, [b], reference, settings)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+            tokens.append(b.attention_mask.sum().item() / b.input_ids.shape[0])
+    return {"median_s": statistics.median(times), "mean_tokens_per_sequence": statistics.mean(tokens),
+            "reference_precompute_s": ref_seconds, "reference_pairs": len(tp)}
+
+
+def time_trl(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_length: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self._t)
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ds = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch, max_steps=warmup + steps,
+                         learning_rate=1e-5, bf16=False, gradient_checkpointing=False, use_cpu=True,
+                         report_to=[], logging_steps=10_000, save_strategy="no", max_length=max_length,
+                         beta=0.1, loss_type=["sigmoid"], dataloader_num_workers=0, disable_tqdm=True)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[timer])
+        trainer.train()
+    return {"median_s": statistics.median(timer.times[warmup:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="micro", choices=["nano", "micro", "mini"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=160)
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    from robalign.models.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "model", size=args.size, arch="llama")
+        n_params = json.loads((model_dir / "robalign_tiny.json").read_text())["parameters"]
+        pairs = bench_pairs(args.batch * (args.steps + args.warmup))
+        ours = time_robalign(model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length)
+        try:
+            trl = time_trl(model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length)
+        except ImportError:
+            trl = None
+    result = {
+        "benchmark": "train_step", "model": f"tiny llama {args.size}", "parameters": n_params,
+        "batch_pairs": args.batch, "max_length": args.max_length,
+        "mean_tokens_per_sequence": round(ours["mean_tokens_per_sequence"], 1),
+        "threads": torch.get_num_threads(), "device": "cpu", "steps_timed": args.steps,
+        "robalign_dpo_s": round(ours["median_s"], 4),
+        "robalign_reference_precompute_s": round(ours["reference_precompute_s"], 3),
+        "trl_dpo_s": round(trl["median_s"], 4) if trl else None,
+        "robalign_over_trl": round(ours["median_s"] / trl["median_s"], 3) if trl else None,
+        "goal_robalign_over_trl": 0.8,
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""robalign judge run | agreement | select
+
+  robalign judge run --judge rule --data ../shared/data/clear_bias/control_set --out runs/judge/rule.csv
+  robalign judge agreement --data runs/judge/rule.csv --gold LABEL --pred judge_verdict
+  robalign judge select --control-set ../shared/data/clear_bias/control_set --judges configs/judges/control_set.yaml
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _cache_flags(p) -> None:
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the response cache")
+    p.add_argument("--cache", default=None, help="cache file (default $ROBALIGN_CACHE/generations.sqlite)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend option for LLM judges, e.g. -o concurrency=4 -o timeout=30 (repeatable)")
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="judge_command", metavar="SUBCOMMAND", required=True)
+
+    run = sub.add_parser("run", help="apply a judge to a file of saved responses")
+    run.add_argument("--judge", required=True, help="rule | keyword | llm:<model spec>[#template]")
+    run.add_argument("--data", required=True, help=".csv/.jsonl/.parquet, or a CLEAR-Bias control_set directory")
+    run.add_argument("--out", required=True, help="output table (.csv/.jsonl/.parquet): input rows + verdicts")
+    run.add_argument("--prompt-col", default=None, help="prompt column (default: a column named 'prompt', any case)")
+    run.add_argument("--response-col", default=None, help="response column (default: 'response', any case)")
+    run.add_argument("--stereotype-col", default=None, help="stereotype field for the rule judge (default STEREOTYPE)")
+    run.add_argument("--counter-stereotype-col", default=None,
+                     help="counter-stereotype field for the rule judge (default COUNTER-STEREOTYPE)")
+    run.add_argument("--second-pass", default=None, metavar="SPEC",
+                     help="R-vs-M judge for rows judged R, e.g. llm:openai:m@http://host/v1#misunderstanding")
+    run.add_argument("--prefix", default="judge_", help="prefix of the added columns (default judge_)")
+    run.add_argument("--limit", type=int, default=None, help="judge only the first N rows")
+    _cache_flags(run)
+
+    agree = sub.add_parser("agreement", help="agreement of judge columns with a gold column")
+    agree.add_argument("--data", required=True, help=".csv/.jsonl/.parquet with gold and judge columns")
+    agree.add_argument("--gold", required=True, help="gold label column")
+    agree.add_argument("--pred", required=True, help="judge column(s), comma separated")
+    agree.add_argument("--out", default=None, help="JSON report (default runs/judge/agreement_<data>.json)")
+    agree.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (0 = none)")
+    agree.add_argument("--seed", type=int, default=0)
+    agree.add_argument("--level", type=float, default=0.95, help="CI level")
+
+    select = sub.add_parser("select", help="rank candidate judges by kappa on a labelled control set")
+    select.add_argument("--control-set", required=True, help="CLEAR-Bias control_set directory (or its parent)")
+    select.add_argument("--judges", required=True, help="YAML file with a 'judges:' list of specs")
+    select.add_argument("--out", default="runs/judge-select", help="run directory for selection.json / winner.json")
+    select.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N rows")
+    select.add_argument("--n-boot", type=int, default=1000)
+    select.add_argument("--seed", type=int, default=0)
+    _cache_flags(select)
+
+
+def run(args) -> int:
+    return {"run": _run, "agreement": _agreement, "select": _select}[args.judge_command](args)
+
+
+def _run(args) -> int:
+    from robalign.errors import UserError
+    from robalign.evaluation import workflows as wf
+    from robalign.evaluation.judges import LLMJudge, build_judge, parse_judge_spec
+    from robalign.evaluation.tables import read_table, write_table
+
+    df = read_table(args.data)
+    df = df.head(args.limit) if args.limit else df
+    prompt_col = wf.find_column(df, args.prompt_col, "prompt", "--prompt-col", args.data)
+    response_col = wf.find_column(df, args.response_col, "response", "--response-col", args.data)
+    stereo = args.stereotype_col or ("STEREOTYPE" if "STEREOTYPE" in df else None)
+    counter = args.counter_stereotype_col or ("COUNTER-STEREOTYPE" if "COUNTER-STEREOTYPE" in df else None)
+    for flag, column in (("--stereotype-col", stereo), ("--counter-stereotype-col", counter)):
+        if column is not None and column not in df:
+            raise UserError(f"{args.data}: no column '{column}' ({flag})")
+    if parse_judge_spec(args.judge)["type"] == "rule" and not (stereo and counter):
+        raise UserError(f"{args.data}: the rule judge needs the stereotype and counter-stereotype of each prompt; "
+                        "name their columns with --stereotype-col and --counter-stereotype-col")
+    options = wf.parse_options(args.option)
+    cache = wf.open_cache(args.no_cache, args.cache)
+    items = wf.judge_items(df, prompt_col, response_col, stereo, counter)
+    judge = build_judge(args.judge, cache, **options)
+    out = wf.judge_frame(df, judge, items, prefix=args.prefix)
+    summaries = [judge.summary] if getattr(judge, "summary", None) else []
+    if args.second_pass:
+        second = build_judge(args.second_pass, cache, **options)
+        if not isinstance(second, LLMJudge):
+            raise UserError("--second-pass needs an llm judge spec ending in #misunderstanding")
+        out = wf.misunderstanding_pass(out, second, items, prefix=args.prefix)
+        summaries.append(second.summary)
+    write_table(out, args.out)
+    report = {"run": wf.run_record(), "judge": args.judge, "rows": len(out),
+              "verdicts": wf.verdict_counts(out[f"{args.prefix}verdict"]),
+              "generation": [s.to_dict() for s in summaries]}
+    wf.write_json(Path(str(args.out) + ".summary.json"), report)
+    print(f"wrote {len(out)} rows to {args.out}; verdicts {report['verdicts']['counts']}")
+    for s in summaries:
+        print(s.line())
+    return 0
+
+
+def _agreement(args) -> int:
+    import pandas as pd
+
+    from robalign.evaluation import workflows as wf
+    from robalign.evaluation.agreement import agreement, krippendorff_alpha
+    from robalign.evaluation.tables import read_table, require_columns
+
+    df = read_table(args.data)
+    preds = [c.strip() for c in args.pred.split(",") if c.strip()]
+    require_columns(df, [args.gold, *preds], args.data, "--gold / --pred")
+    keep = df[args.gold].notna() & (df[args.gold].astype(str).str.strip() != "")
+    df = df[keep]
+    reports = []
+    for col in preds:
+        pred = df[col].where(df[col].notna(), "MISSING").astype(str)
+        reports.append(agreement(df[args.gold].astype(str), pred, name=col, n_boot=args.n_boot, seed=args.seed,
+                                 level=args.level))
+    payload = {"run": wf.run_record(), "data": str(args.data), "gold": args.gold, "rows": int(len(df)),
+               "dropped_rows_without_gold": int((~keep).sum()), "judges": [r.to_dict() for r in reports]}
+    if len(preds) > 1:
+        payload["alpha_between_judges"] = krippendorff_alpha(df[preds].where(pd.notna(df[preds]), None).values.tolist())
+    out = Path(args.out or Path("runs/judge") / f"agreement_{Path(args.data).name.split('.')[0]}.json")
+    wf.write_json(out, payload)
+    _print_agreement(reports, args.level)
+    if "alpha_between_judges" in payload:
+        print(f"Krippendorff's alpha between the {len(preds)} judges: {payload['alpha_between_judges']:.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _ci(report, metric: str) -> str:
+    low, high = report.ci.get(metric, [float("nan")] * 2)
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def _print_agreement(reports, level: float) -> None:
+    pct = f"{level:.0%}"
+    print(f"{'judge':<22} {'n':>5}  {'accuracy ' + pct + ' CI':<26} {'kappa ' + pct + ' CI':<26} "
+          f"{'SE':>6} {'z':>7} {'p':>9}  {'macro-F1 ' + pct + ' CI':<26} {'alpha':>6}  not-gold")
+    for r in reports:
+        k = r.kappa
+        print(f"{r.name[:22]:<22} {r.n:>5}  {r.accuracy:.3f} {_ci(r, 'accuracy'):<20} {k.kappa:.3f} {_ci(r, 'kappa'):<20} "
+              f"{k.se:>6.3f} {k.z:>7.2f} {k.p:>9.2g}  {r.macro_f1:.3f} {_ci(r, 'macro_f1'):<20} {r.alpha:>6.3f}  "
+              f"{r.not_gold_label or '-'}")
+    for r in reports:
+        width = max(8, *(len(x) for x in r.labels))
+        print(f"\nconfusion ({r.name}): rows = gold, columns = judge")
+        print(" " * width + "".join(f"{lab:>{width}}" for lab in r.labels))
+        for lab, row in zip(r.labels, r.confusion):
+            print(f"{lab:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+
+
+def _select(args) -> int:
+    from robalign.evaluation import workflows as wf
+    from robalign.evaluation.selection import load_judge_list, select_judge
+    from robalign.evaluation.tables import load_control_set
+
+    judges = load_judge_list(args.judges)
+    control = load_control_set(args.control_set)
+    if args.limit:
+        control = control.sample(n=min(args.limit, len(control)), random_state=args.seed).reset_index(drop=True)
+    cache = wf.open_cache(args.no_cache, args.cache)
+    result = select_judge(control, judges, args.out, cache, n_boot=args.n_boot, seed=args.seed)
+    wf.write_json(Path(args.out) / "run.json", {"run": wf.run_record(), "judges_file": str(args.judges),
+                                                "control_set": str(args.control_set), "rows": len(control)})
+    print(f"{'rank':<5} {'judge':<40} {'kappa':>6}  {'95% CI':<18} {'accuracy':>8}  unparsed")
+    for i, entry in enumerate(result["ranking"], 1):
+        a = entry["agreement"]
+        low, high = a["ci"].get("kappa", [float("nan")] * 2)
+        print(f"{i:<5} {entry['name'][:40]:<40} {a['kappa']['kappa']:>6.3f}  [{low:.3f}, {high:.3f}]   "
+              f"{a['accuracy']:>8.3f}  {entry['verdicts']['unparsed']}")
+        if entry["generation"]:
+            print(f"      {_summary_line(entry['generation'])}")
+    print(f"winner: {result['winner']['name']} -> {Path(args.out) / 'winner.json'}")
+    return 0
+
+
+def _summary_line(summary: dict) -> str:
+    from robalign.evaluation.cache import RunSummary
+
+    return RunSummary(**summary).line()

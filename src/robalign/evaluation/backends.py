@@ -1,0 +1,186 @@
+"""Generation backends behind one small protocol, and the model spec strings that name them.
+
+A backend turns ``GenerationRequest`` objects (chat messages + decoding parameters) into
+``GenerationResponse`` objects, one per request and in the same order. Three backends ship:
+
+| spec                                   | backend                 | module           |
+|----------------------------------------|-------------------------|------------------|
+| ``hf:PATH_OR_HUB_ID[@revision]``       | transformers, batched   | ``hf_backend``     |
+| ``openai:MODEL[@BASE_URL]``            | OpenAI-compatible HTTP  | ``openai_backend`` |
+| ``vllm:PATH_OR_HUB_ID``                | vLLM offline engine     | ``vllm_backend``   |
+
+A spec can also be a mapping (or a YAML/JSON string of one) with ``backend`` and ``model``
+plus backend options, e.g.
+``{backend: openai, model: deepseek-chat, base_url: https://api.deepseek.com, api_key_env: DEEPSEEK_API_KEY}``.
+Backend modules are imported only when a spec names them, so ``vllm`` (GPU-only) and
+``torch`` are never loaded for an HTTP run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from robalign.errors import UserError
+
+ANSWERED, FAILED = "answered", "failed"
+
+
+@dataclass
+class GenerationRequest:
+    """One chat completion to produce. ``id`` is the caller's handle and is not part of the cache key."""
+
+    messages: list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    sample_index: int = 0  # k-th independent sample of the same prompt (k-sample judges, pass@k)
+    id: str | None = None
+
+    def decoding(self) -> dict[str, Any]:
+        """The parameters that change the output (part of the cache key)."""
+        return {
+            "max_new_tokens": int(self.max_new_tokens),
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+            "seed": int(self.seed),
+        }
+
+
+@dataclass
+class GenerationResponse:
+    text: str = ""
+    status: str = ANSWERED  # answered | failed
+    reason: str = ""  # why it failed; empty when answered
+    finish_reason: str = ""  # stop | length | whatever the server said
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    attempts: int = 1
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == ANSWERED
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+OnResponse = Callable[[int, GenerationResponse], None]
+
+
+class Backend(Protocol):
+    """What every backend provides. ``on_response(i, response)`` is called as soon as the
+    answer to ``requests[i]`` exists, so a caller can persist it before the run ends."""
+
+    def identity(self) -> dict[str, str]:
+        """Model id, revision, base URL and chat-template hash: the model part of the cache key.
+        Must be cheap (no weight loading), so a fully cached run never loads the model."""
+        ...
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
+    ) -> list[GenerationResponse]: ...
+
+
+# backend name -> "module:Class"; imported on first use
+BACKENDS: dict[str, str] = {
+    "hf": "robalign.evaluation.hf_backend:HFBackend",
+    "openai": "robalign.evaluation.openai_backend:OpenAIBackend",
+    "vllm": "robalign.evaluation.vllm_backend:VLLMBackend",
+}
+
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+_OPENAI_SPEC = re.compile(r"^(?P<model>[^@]+?)(?:@(?P<url>https?://\S+))?$")
+
+
+@dataclass
+class ModelSpec:
+    backend: str
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)  # revision, base_url, batch_size, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model, **self.options}
+
+
+SPEC_HELP = (
+    "use hf:PATH_OR_HUB_ID[@revision], openai:MODEL[@BASE_URL] (e.g. "
+    "openai:deepseek-chat@https://api.deepseek.com), vllm:PATH, or a mapping "
+    "{backend: ..., model: ..., <options>}"
+)
+
+
+def parse_model_spec(spec: str | dict | ModelSpec) -> ModelSpec:
+    """``"hf:runs/tiny/model"`` / ``"openai:m@http://host/v1"`` / a mapping -> ModelSpec."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, str) and (spec.lstrip().startswith("{") or "\n" in spec):
+        import yaml
+
+        try:
+            spec = yaml.safe_load(spec)
+        except yaml.YAMLError as exc:
+            raise UserError(f"model spec is not valid YAML: {exc}") from None
+    if isinstance(spec, dict):
+        return _spec_from_mapping(spec)
+    if not isinstance(spec, str) or ":" not in spec:
+        raise UserError(f"model spec {spec!r} has no backend prefix; {SPEC_HELP}")
+    backend, rest = spec.split(":", 1)
+    backend = backend.strip().lower()
+    if backend not in BACKENDS:
+        raise UserError(f"model spec {spec!r}: unknown backend '{backend}'; {SPEC_HELP}")
+    if not rest:
+        raise UserError(f"model spec {spec!r} names no model; {SPEC_HELP}")
+    if backend == "openai":
+        match = _OPENAI_SPEC.match(rest)
+        if not match:
+            raise UserError(f"model spec {spec!r}: expected openai:MODEL@http(s)://BASE_URL")
+        return ModelSpec("openai", match["model"], {"base_url": match["url"] or DEFAULT_OPENAI_URL})
+    return ModelSpec(backend, *_split_revision(rest))
+
+
+def _split_revision(rest: str) -> tuple[str, dict[str, Any]]:
+    # "org/name@v1.0" pins a hub revision; a local path containing "@" is left whole.
+    from pathlib import Path
+
+    if "@" in rest and not Path(rest).expanduser().exists():
+        model, revision = rest.rsplit("@", 1)
+        return model, {"revision": revision}
+    return rest, {}
+
+
+def _spec_from_mapping(data: dict) -> ModelSpec:
+    data = dict(data)
+    backend = str(data.pop("backend", "")).lower()
+    model = data.pop("model", None)
+    if backend not in BACKENDS or not model:
+        raise UserError(f"model spec mapping {data!r} needs 'backend' (one of {', '.join(BACKENDS)}) and 'model'")
+    if backend == "openai":
+        data.setdefault("base_url", DEFAULT_OPENAI_URL)
+    return ModelSpec(backend, str(model), data)
+
+
+def build_backend(spec: str | dict | ModelSpec, **overrides: Any) -> Backend:
+    """Instantiate the backend a spec names; ``overrides`` replace spec options (e.g. batch_size)."""
+    parsed = parse_model_spec(spec)
+    module_name, class_name = BACKENDS[parsed.backend].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    options = {**parsed.options, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return cls(parsed.model, **options)
+    except TypeError as exc:
+        raise UserError(f"model spec {parsed.to_dict()!r}: bad option for the {parsed.backend} backend ({exc})") from None
+
+
+def spec_label(spec: str | dict | ModelSpec) -> str:
+    """A short human-readable name for a spec (logs, run summaries); never contains secrets
+    because specs carry only the *name* of the API-key environment variable."""
+    parsed = parse_model_spec(spec)
+    url = parsed.options.get("base_url")
+    return f"{parsed.backend}:{parsed.model}" + (f"@{url}" if url else "")

@@ -1,0 +1,228 @@
+"""Hugging Face transformers backend: batched chat generation with left padding.
+
+Requests with equal decoding parameters are generated together, longest prompts first
+(similar lengths share a batch, so little compute goes to padding). Left padding keeps
+every prompt's last token at the same position, which batched decoder-only generation
+needs. Greedy when ``temperature == 0``; otherwise each row samples from its own
+``torch.Generator`` seeded by (seed, sample_index) (``RowSampler``), so a sampled answer
+does not depend on which other requests share its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from robalign.errors import UserError
+from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
+
+_HEX40 = set("0123456789abcdef")
+
+
+def row_seed(seed: int, sample_index: int) -> int:
+    """A 63-bit generator seed from (seed, sample_index)."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(sample_index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def template_hash(template: str | None) -> str:
+    return hashlib.sha256((template or "<no chat template>").encode()).hexdigest()[:16]
+
+
+def local_fingerprint(path: Path) -> str:
+    """Config contents + size and mtime of each weight file: changes when the directory is
+    re-trained or replaced, costs no weight reads (multi-GB checkpoints stay cheap)."""
+    h = hashlib.sha256()
+    config = path / "config.json"
+    h.update(config.read_bytes() if config.is_file() else b"")
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def local_chat_template(path: Path) -> str | None:
+    """The chat template saved with a tokenizer (transformers 5 writes chat_template.jinja)."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        return json.dumps(template) if template is not None and not isinstance(template, str) else template
+    return None
+
+
+def hub_revision(model_id: str, revision: str | None) -> str:
+    """A commit sha when one is known without network access (pinned, or the local HF cache's
+    ref); else the revision name (pin ``@<sha>`` for strict caching of hub models)."""
+    revision = revision or "main"
+    if len(revision) == 40 and set(revision) <= _HEX40:
+        return revision
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return revision
+    ref = Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}" / "refs" / revision
+    return ref.read_text().strip() if ref.is_file() else revision
+
+
+def model_identity(backend: str, model: str, revision: str | None, tokenizer_loader) -> dict[str, str]:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return {
+            "backend": backend, "model": str(path.resolve()), "revision": local_fingerprint(path),
+            "base_url": "", "template": template_hash(local_chat_template(path)),
+        }
+    tokenizer = tokenizer_loader()
+    return {
+        "backend": backend, "model": model, "revision": hub_revision(model, revision),
+        "base_url": "", "template": template_hash(getattr(tokenizer, "chat_template", None)),
+    }
+
+
+class RowSampler:
+    """Logits processor that samples each row with its own generator (temperature + top-p),
+    then masks every other token so the surrounding greedy search keeps the sample."""
+
+    def __init__(self, generators, temperature: float, top_p: float):
+        self.generators, self.temperature, self.top_p = generators, temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # drop tokens once the mass *before* them reaches top_p (the top token always stays)
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        picked = torch.stack(
+            [torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(self.generators)]
+        )
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0]), picked] = 0.0
+        return out
+
+
+class HFBackend:
+    """``hf:PATH_OR_HUB_ID``. Options: revision, dtype (float32|bfloat16|float16),
+    batch_size, device (default cuda when available), trust_remote_code."""
+
+    def __init__(self, model: str, revision: str | None = None, dtype: str = "float32", batch_size: int = 16,
+                 device: str | None = None, trust_remote_code: bool = False):
+        path = Path(model).expanduser()
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if not path.is_dir() and (model.startswith((".", "/", "~")) or offline and not _in_hub_cache(model)):
+            raise UserError(
+                f"hf model '{model}' is not a local directory"
+                + (" and HF_HUB_OFFLINE is set" if offline else "")
+                + f"; build a tiny one with `robalign tiny-model --out {model}` or give a hub id"
+            )
+        self.model_name, self.revision, self.dtype = model, revision, dtype
+        self.batch_size, self.device, self.trust_remote_code = int(batch_size), device, trust_remote_code
+        self._model = self._tokenizer = None
+        self._lock = threading.Lock()  # the local test server calls generate from several threads
+
+    def identity(self) -> dict[str, str]:
+        return model_identity("hf", self.model_name, self.revision, self._load_tokenizer)
+
+    def _load_tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(
+                self.model_name, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
+            tok.padding_side = "left"
+            if tok.pad_token is None:  # Llama-family tokenizers ship without one; pads are masked
+                tok.pad_token = tok.eos_token
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def _load(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_name, revision=self.revision, dtype=getattr(torch, self.dtype),
+                trust_remote_code=self.trust_remote_code,
+            )
+            self._model = model.to(self.device).eval()
+        return self._model, self._load_tokenizer()
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        tok = self._load_tokenizer()
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # no template (base models): plain concatenation, the convention of completion APIs
+        return "\n\n".join(m["content"] for m in messages)
+
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
+                 ) -> list[GenerationResponse]:
+        with self._lock:
+            results: list[GenerationResponse | None] = [None] * len(requests)
+            prompts = [self.render(r.messages) for r in requests]
+            for batch in self._batches(requests, prompts):
+                for i, response in zip(batch, self._generate_batch([requests[i] for i in batch],
+                                                                   [prompts[i] for i in batch])):
+                    results[i] = response
+                    if on_response:
+                        on_response(i, response)
+            return results  # type: ignore[return-value]
+
+    def _batches(self, requests: Sequence[GenerationRequest], prompts: list[str]) -> list[list[int]]:
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_new_tokens, r.temperature, r.top_p), []).append(i)
+        batches = []
+        for members in groups.values():
+            members.sort(key=lambda i: -len(prompts[i]))  # characters: a cheap proxy for tokens
+            batches += [members[s : s + self.batch_size] for s in range(0, len(members), self.batch_size)]
+        return batches
+
+    def _generate_batch(self, requests: list[GenerationRequest], prompts: list[str]) -> list[GenerationResponse]:
+        import torch
+
+        model, tok = self._load()
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        first = requests[0]
+        kwargs = dict(max_new_tokens=first.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None)
+        if first.temperature > 0:
+            from transformers import LogitsProcessorList
+
+            gens = [torch.Generator(device=self.device).manual_seed(row_seed(r.seed, r.sample_index))
+                    for r in requests]
+            kwargs["logits_processor"] = LogitsProcessorList([RowSampler(gens, first.temperature, first.top_p)])
+        with torch.inference_mode():
+            out = model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        responses = []
+        for row, mask in zip(new, enc["attention_mask"]):
+            ends = (row == tok.eos_token_id).nonzero()
+            n = int(ends[0]) + 1 if len(ends) else len(row)  # count the eos token, like the OpenAI API
+            responses.append(GenerationResponse(
+                text=tok.decode(row[:n], skip_special_tokens=True),
+                finish_reason="stop" if len(ends) else "length",
+                prompt_tokens=int(mask.sum()), completion_tokens=n,
+            ))
+        return responses
+
+
+def _in_hub_cache(model_id: str) -> bool:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return False
+    return (Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}").is_dir()

@@ -1,0 +1,92 @@
+"""Judge selection: run candidate judges on a labelled control set, rank them by Cohen's
+kappa against the gold labels (ties: higher accuracy, then file order), and record the
+winner. CLEAR-Bias picks its judge this way on its 800-row control set (the paper's
+choice, DeepSeek V3, is reported at kappa ~0.82).
+
+Judges file (YAML)::
+
+    judges:
+      - rule
+      - keyword
+      - name: deepseek-v3            # optional display name
+        spec: llm:openai:deepseek-chat@https://api.deepseek.com#bias
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robalign.errors import UserError
+from robalign.evaluation.agreement import agreement
+from robalign.evaluation.cache import ResponseCache
+from robalign.evaluation.judges import build_judge, judge_label, parse_judge_spec
+from robalign.evaluation.workflows import judge_frame, judge_items, verdict_counts, write_json
+
+
+def load_judge_list(path: str | Path) -> list[tuple[str, Any]]:
+    """[(name, spec)] from a judges YAML file; every spec is validated before anything runs."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"judges file {path} does not exist (an example: configs/judges/control_set.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    entries = data.get("judges") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected a top-level 'judges:' list of judge specs")
+    judges, seen = [], set()
+    for n, entry in enumerate(entries):
+        spec = entry.get("spec") if isinstance(entry, dict) and "spec" in entry else entry
+        try:
+            parse_judge_spec(spec)
+        except UserError as exc:
+            raise UserError(f"{path}: judges[{n}]: {exc}") from None
+        name = str(entry.get("name")) if isinstance(entry, dict) and entry.get("name") else judge_label(spec)
+        if name in seen:
+            raise UserError(f"{path}: judges[{n}]: duplicate judge name '{name}'; add a distinct 'name:'")
+        seen.add(name)
+        judges.append((name, spec))
+    return judges
+
+
+def select_judge(control: pd.DataFrame, judges: list[tuple[str, Any]], out_dir: str | Path,
+                 cache: ResponseCache | None, n_boot: int = 1000, seed: int = 0, gold_col: str = "LABEL",
+                 log=print) -> dict:
+    """Run every judge on ``control`` (CLEAR-Bias control-set columns), rank, write
+    ``selection.json``, ``winner.json`` and ``verdicts.csv`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    items = judge_items(control, "PROMPT", "RESPONSE",
+                        "STEREOTYPE" if "STEREOTYPE" in control else None,
+                        "COUNTER-STEREOTYPE" if "COUNTER-STEREOTYPE" in control else None)
+    verdicts = control[[c for c in ("ID", "TASK", "BIAS CATEGORY", gold_col) if c in control]].copy()
+    results = []
+    for name, spec in judges:
+        judge = build_judge(spec, cache)
+        log(f"judging {len(items)} rows with {name} ...")
+        frame = judge_frame(control, judge, items, prefix="_")
+        verdicts[name] = frame["_verdict"].values
+        stats = agreement(control[gold_col], frame["_verdict"], name=name, n_boot=n_boot, seed=seed)
+        summary = judge.summary.to_dict() if getattr(judge, "summary", None) else None
+        results.append({"name": name, "spec": spec, "agreement": stats.to_dict(),
+                        "verdicts": verdict_counts(frame["_verdict"]), "generation": summary})
+    order = sorted(range(len(results)), key=lambda i: (-_finite(results[i]["agreement"]["kappa"]["kappa"]),
+                                                       -results[i]["agreement"]["accuracy"], i))
+    ranking = [results[i] for i in order]
+    winner = ranking[0]
+    record = {"name": winner["name"], "spec": winner["spec"], "kappa": winner["agreement"]["kappa"]["kappa"],
+              "kappa_ci": winner["agreement"]["ci"].get("kappa"), "accuracy": winner["agreement"]["accuracy"],
+              "control_rows": len(control)}
+    write_json(out_dir / "winner.json", record)
+    write_json(out_dir / "selection.json", {"ranking": ranking, "winner": record})
+    verdicts.to_csv(out_dir / "verdicts.csv", index=False)
+    return {"ranking": ranking, "winner": record}
+
+
+def _finite(x: float) -> float:
+    return x if x == x else float("-inf")  # NaN kappa (a constant judge) ranks last

@@ -1,0 +1,237 @@
+"""A local OpenAI-compatible chat server for tests and offline runs, with fault injection.
+
+Speaks ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` and
+``GET /stats`` (request counters, not part of the OpenAI API) on 127.0.0.1. Answers come
+from a *responder*: scripted text (``ScriptedResponder``) or a tiny HF model
+(``HFResponder``). Faults are injected at configured rates: HTTP 429 (with
+``Retry-After: 0``), HTTP 500, a slow answer (``slow_seconds`` of sleep, meant to exceed the
+client's timeout) and malformed JSON (HTTP 200 with a truncated body).
+
+Fault draws are seeded per request *content*: the n-th arrival of a given body draws from
+``Random(f"{seed}:{sha256(body)}:{n}")``, so which requests fail does not depend on the
+order in which concurrent requests arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Responder = Callable[[list[dict], dict], str]  # (messages, body) -> reply text
+
+FAULTS = ("429", "500", "slow", "malformed")
+
+
+@dataclass
+class Faults:
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_slow: float = 0.0
+    rate_malformed: float = 0.0
+    slow_seconds: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self):
+        rates = [self.rate_429, self.rate_500, self.rate_slow, self.rate_malformed]
+        if any(r < 0 for r in rates) or sum(rates) > 1:
+            raise ValueError(f"fault rates must be >= 0 and sum to at most 1, got {rates}")
+
+    def draw(self, body: bytes, arrival: int) -> str:
+        """'ok' or one of FAULTS for the ``arrival``-th copy of ``body``."""
+        digest = hashlib.sha256(body).hexdigest()
+        u = random.Random(f"{self.seed}:{digest}:{arrival}").random()
+        edge = 0.0
+        for name, rate in zip(FAULTS, (self.rate_429, self.rate_500, self.rate_slow, self.rate_malformed)):
+            edge += rate
+            if u < edge:
+                return name
+        return "ok"
+
+
+class ScriptedResponder:
+    """Replies from a function, a dict (first key contained in the last user message wins)
+    or a list (cycled in arrival order); ``default`` otherwise (``{prompt}`` is filled in)."""
+
+    def __init__(self, replies: Callable[[str], str] | dict[str, str] | list[str] | None = None,
+                 default: str = "Scripted reply to: {prompt}"):
+        self.replies, self.default = replies, default
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, messages: list[dict], body: dict) -> str:
+        prompt = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        if callable(self.replies):
+            return self.replies(prompt)
+        if isinstance(self.replies, dict):
+            for key, reply in self.replies.items():
+                if key in prompt:
+                    return reply
+        if isinstance(self.replies, list) and self.replies:
+            with self._lock:
+                reply, self._next = self.replies[self._next % len(self.replies)], self._next + 1
+            return reply
+        return self.default.replace("{prompt}", prompt[:200])
+
+
+class HFResponder:
+    """Replies by generating with an ``hf`` backend (greedy unless the body asks otherwise)."""
+
+    def __init__(self, model: str, **options):
+        from robalign.evaluation.hf_backend import HFBackend
+
+        self.backend = HFBackend(model, **options)
+
+    def __call__(self, messages: list[dict], body: dict) -> str:
+        from robalign.evaluation.backends import GenerationRequest
+
+        request = GenerationRequest(
+            messages=messages, max_new_tokens=int(body.get("max_tokens") or 64),
+            temperature=float(body.get("temperature") or 0.0), top_p=float(body.get("top_p") or 1.0),
+            seed=int(body.get("seed") or 0),
+        )
+        return self.backend.generate([request])[0].text
+
+
+class LocalOpenAIServer:
+    """``with LocalOpenAIServer(responder, Faults(...)) as server: ... server.base_url``."""
+
+    def __init__(self, responder: Responder | None = None, faults: Faults | None = None, host: str = "127.0.0.1",
+                 port: int = 0, model_name: str = "local-model"):
+        self.responder = responder or ScriptedResponder()
+        self.faults = faults or Faults()
+        self.model_name = model_name
+        self.counts: Counter[str] = Counter()  # "chat" = chat requests received; plus one per outcome
+        self.authorizations: Counter[str] = Counter()  # Authorization header values seen (tests)
+        self._arrivals: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd.daemon_threads = True  # a slow-fault thread must not block shutdown
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._httpd.server_address[0]}:{self.port}/v1"
+
+    @property
+    def chat_requests(self) -> int:
+        with self._lock:
+            return self.counts["chat"]
+
+    def start(self) -> LocalOpenAIServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> LocalOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return dict(self.counts)
+
+    def handle_chat(self, raw: bytes, authorization: str | None) -> tuple[int, dict, bytes]:
+        """(status, headers, body) for one chat request; records counts."""
+        with self._lock:
+            self.counts["chat"] += 1
+            if authorization:
+                self.authorizations[authorization] += 1
+            arrival = self._arrivals[raw]
+            self._arrivals[raw] += 1
+        fault = self.faults.draw(raw, arrival)
+        with self._lock:
+            self.counts[fault] += 1
+        if fault == "429":
+            return 429, {"Retry-After": "0"}, _json({"error": {"message": "rate limited (injected)"}})
+        if fault == "500":
+            return 500, {}, _json({"error": {"message": "server error (injected)"}})
+        try:
+            body = json.loads(raw)
+            messages = body["messages"]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
+                raise ValueError("messages must be a list of {role, content}")
+        except (ValueError, KeyError, TypeError) as exc:
+            return 400, {}, _json({"error": {"message": f"bad request: {exc}"}})
+        if fault == "slow":
+            time.sleep(self.faults.slow_seconds)
+        text = self.responder(messages, body)
+        payload = _completion(body.get("model") or self.model_name, text, messages)
+        if fault == "malformed":
+            return 200, {}, payload[: len(payload) // 2]
+        return 200, {}, payload
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _completion(model: str, text: str, messages: list[dict]) -> bytes:
+    # whitespace-split word counts stand in for token counts in the usage block
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+    return _json({
+        "id": "chatcmpl-" + hashlib.sha256(text.encode()).hexdigest()[:12],
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                  "total_tokens": prompt_tokens + len(text.split())},
+    })
+
+
+def _make_handler(server: LocalOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real API servers do
+
+        def log_message(self, format, *args):  # noqa: A002 - quiet: tests read counters instead
+            pass
+
+        def _send(self, status: int, headers: dict, body: bytes) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (e.g. timed out on a slow fault)
+
+        def do_GET(self):
+            if self.path.rstrip("/") in ("/v1/models", "/models"):
+                self._send(200, {}, _json({"object": "list", "data": [{"id": server.model_name, "object": "model"}]}))
+            elif self.path.rstrip("/") == "/stats":
+                self._send(200, {}, _json(server.stats()))
+            else:
+                self._send(404, {}, _json({"error": {"message": f"no route {self.path}"}}))
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+                self._send(404, {}, _json({"error": {"message": f"no route {self.path}"}}))
+                return
+            self._send(*server.handle_chat(raw, self.headers.get("Authorization")))
+
+    return Handler

@@ -1,0 +1,84 @@
+"""vLLM offline-engine backend (GPU extra: ``pip install robalign[vllm]``).
+
+``vllm`` is imported only when the first request is generated, so this module imports
+anywhere. The whole request list goes to the engine in one call (vLLM schedules its own
+continuous batches) with prefix caching on: CLEAR-Bias prompts share long instruction
+prefixes. Each request carries its own ``SamplingParams`` seed derived from
+(seed, sample_index) like the ``hf`` backend, so samples do not depend on batch company.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from robalign.errors import UserError
+from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
+from robalign.evaluation.hf_backend import model_identity, row_seed
+
+
+class VLLMBackend:
+    """``vllm:PATH_OR_HUB_ID``. Options: revision, dtype (auto), tensor_parallel_size,
+    gpu_memory_utilization, max_model_len, enable_prefix_caching, trust_remote_code."""
+
+    def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 enable_prefix_caching: bool = True, trust_remote_code: bool = False):
+        self.model_name, self.revision = model, revision
+        self.engine_args = dict(
+            model=model, revision=revision, dtype=dtype, tensor_parallel_size=int(tensor_parallel_size),
+            gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=max_model_len,
+            enable_prefix_caching=bool(enable_prefix_caching), trust_remote_code=trust_remote_code,
+        )
+        self._llm = None
+        self._tokenizer = None
+
+    def identity(self) -> dict[str, str]:
+        return model_identity("vllm", self.model_name, self.revision, self._load_tokenizer)
+
+    def _load_tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_name, revision=self.revision)
+        return self._tokenizer
+
+    def _engine(self):
+        if self._llm is None:
+            try:
+                import vllm
+            except ImportError:
+                raise UserError(
+                    "the vllm backend needs the vllm package (GPU only; no CPU wheel on PyPI): "
+                    "pip install 'robalign[vllm]' on a CUDA machine, or use hf:PATH on CPU"
+                ) from None
+            self._llm = vllm.LLM(**{k: v for k, v in self.engine_args.items() if v is not None})
+        return self._llm
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        tok = self._load_tokenizer()
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages)
+
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
+                 ) -> list[GenerationResponse]:
+        llm = self._engine()
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                           seed=row_seed(r.seed, r.sample_index) if r.temperature > 0 else None)
+            for r in requests
+        ]
+        outputs = llm.generate([self.render(r.messages) for r in requests], params, use_tqdm=False)
+        results = []
+        for i, out in enumerate(outputs):
+            completion = out.outputs[0]
+            response = GenerationResponse(
+                text=completion.text, finish_reason=str(completion.finish_reason or ""),
+                prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(completion.token_ids),
+            )
+            results.append(response)
+            if on_response:
+                on_response(i, response)
+        return results

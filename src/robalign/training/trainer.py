@@ -1,0 +1,228 @@
+"""The preference-training workflow, top to bottom: config -> data -> reference log-probs ->
+loop -> held-out evaluation -> saved model, with every run recording how it was made."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from robalign.config import TrainConfig, dump_yaml, to_dict
+from robalign.data.noise import flip_labels
+from robalign.data.preference import DataError, data_fingerprint, load_pairs, split_holdout
+from robalign.data.tokenize import collate_pairs, tokenize_pairs
+from robalign.errors import UserError
+from robalign.models.loading import load_causal_lm, load_tokenizer, model_fingerprint
+from robalign.provenance import run_record, write_json_atomic
+from robalign.training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from robalign.training.metrics_log import MetricsLog
+from robalign.training.reference import reference_logps
+from robalign.training.step import LossSettings, accumulate_gradients, evaluate
+
+
+class TrainResult(NamedTuple):
+    output_dir: Path
+    steps: int
+    final_metrics: dict[str, float]  # last logged training step
+    eval_metrics: dict[str, float]
+
+
+def step_indices(n: int, global_batch: int, step: int, steps_per_epoch: int, seed: int) -> list[int]:
+    """Pair indices of optimizer step ``step``: a seeded permutation per epoch, so a resumed
+    run sees exactly the batches an uninterrupted one would."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    return perm[pos * global_batch : (pos + 1) * global_batch]
+
+
+def prepare_data(config: TrainConfig, tokenizer):
+    """Load, hold out, add label noise to the training split only, tokenize."""
+    d = config.data
+    load = dict(format=d.format, columns=d.columns or None, on_invalid=d.on_invalid)
+    pairs = load_pairs(d.train, split=d.split, **load)
+    if d.eval:
+        train = pairs[: d.limit] if d.limit else pairs
+        eval_pairs = load_pairs(d.eval, split=d.eval_split or d.split, **load)
+    else:
+        pairs = pairs[: d.limit] if d.limit else pairs
+        train, eval_pairs = split_holdout(pairs, d.eval_fraction, config.training.seed)
+    if "soft" in config.loss.losses:
+        missing = [p.id for p in train if p.soft_label is None]
+        if missing:
+            raise DataError(f"{d.train}: loss 'soft' needs a soft_label for every pair; {len(missing)} lack one "
+                            f"(first: '{missing[0]}'). Add the column with `robalign soft-labels`, or map it with "
+                            "data.columns={soft_label: <column>}.")
+    noisy = flip_labels(train, d.noise_rate, d.noise_seed)
+    kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, long_prompt=d.long_prompt,
+              use_chat_template=d.chat_template)
+    tok_train = tokenize_pairs(noisy.pairs, tokenizer, source=d.train, **kw)
+    tok_eval = tokenize_pairs(eval_pairs, tokenizer, source=d.eval or d.train, **kw)
+    if not tok_train.pairs:
+        raise DataError(f"{d.train}: no training pairs left after length filtering (data.long_prompt=skip?)")
+    info = {"train_pairs": len(tok_train.pairs), "eval_pairs": len(tok_eval.pairs),
+            "train_fingerprint": data_fingerprint(noisy.pairs), "eval_fingerprint": data_fingerprint(eval_pairs),
+            "noise_rate": d.noise_rate, "flipped_ids": noisy.flipped_ids,
+            "skipped_ids": tok_train.skipped_ids + tok_eval.skipped_ids,
+            "truncated_pairs": tok_train.truncated + tok_eval.truncated}
+    return tok_train.pairs, tok_eval.pairs, info
+
+
+def _prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Return the checkpoint to resume from, refusing to clobber an existing run by accident."""
+    info = out / "run_info.json"
+    if resume:
+        ckpts = checkpoint_dirs(out)
+        if not ckpts:
+            raise UserError(f"--resume: {out} has no complete checkpoint (training.save_steps=0?); start afresh")
+        return ckpts[-1]
+    if info.exists() and not overwrite:
+        status = json.loads(info.read_text()).get("status", "unknown")
+        raise UserError(f"{out} already holds a run (status: {status}). Pass --resume to continue it, "
+                        "--overwrite to replace it, or set output_dir=<new dir>.")
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _optimizer(config: TrainConfig, params):
+    t = config.training
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    if t.optimizer == "rmsprop":  # the ShaPO paper's official recipe
+        return torch.optim.RMSprop(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+def _apply_lora(config: TrainConfig, model):
+    from peft import LoraConfig, get_peft_model
+
+    lc = config.lora
+    return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                            target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    t, out = config.training, Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision="no")  # bf16 is explicit autocast, master weights fp32
+    resume_from = _prepare_output_dir(out, resume, overwrite) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1 and resume:
+        resume_from = checkpoint_dirs(out)[-1]
+    torch.manual_seed(t.seed)
+    autocast = torch.bfloat16 if t.precision == "bf16" else None
+
+    tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    model = load_causal_lm(config.model.name_or_path, config.model.revision, config.model.dtype,
+                           config.model.trust_remote_code).to(accelerator.device)
+    train_pairs, eval_pairs, data_info = prepare_data(config, tokenizer)
+    fingerprint = model_fingerprint(config.model.name_or_path, config.model.revision)
+    pad = tokenizer.pad_token_id
+    ref_kw = dict(cache_dir=config.cache_dir, batch_size=t.eval_batch_size, precision=t.precision)
+    ref_train = reference_logps(model, train_pairs, pad, fingerprint, desc="reference log-probs (train)", **ref_kw)
+    ref_eval = reference_logps(model, eval_pairs, pad, fingerprint, desc="reference log-probs (eval)", **ref_kw)
+    if config.lora.enabled:
+        model = _apply_lora(config, model)
+    model.train()
+
+    world = accelerator.num_processes
+    global_batch = t.per_device_batch_size * t.gradient_accumulation_steps * world
+    n = len(train_pairs)
+    steps_per_epoch = max(1, n // global_batch if world > 1 else math.ceil(n / global_batch))
+    total_steps = t.max_steps or steps_per_epoch * t.num_epochs
+    optimizer = _optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    scheduler = get_scheduler("constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler,
+                              optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    settings = LossSettings(dict(config.loss.losses), config.loss.beta, config.loss.label_smoothing,
+                            config.loss.rdpo_epsilon, config.loss.ipo_length_normalize, config.loss.aggregation,
+                            config.loss.drdpo_beta)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_checkpoint(resume_from, unwrapped, optimizer, scheduler)["step"]
+
+    record = {"status": "running", "model_fingerprint": fingerprint, "world_size": world,
+              "total_steps": total_steps, "global_batch": global_batch, **data_info,
+              "reference_cache": {"train": str(ref_train.cache_file), "train_hit": ref_train.cache_hit,
+                                  "eval": str(ref_eval.cache_file), "eval_hit": ref_eval.cache_hit}}
+    if accelerator.is_main_process:
+        (out / "config.yaml").write_text(dump_yaml(config))
+        previous = json.loads((out / "run_info.json").read_text()) if resume_from else {}
+        record = run_record(**record) | ({"created": previous["created"], "resumed_from": [
+            *previous.get("resumed_from", []), str(resume_from)]} if previous else {})
+        write_json_atomic(out / "run_info.json", record)
+    log = MetricsLog(out, t.report_to, to_dict(config), enabled=accelerator.is_main_process,
+                     truncate_after=start_step if resume_from else None)
+
+    eval_batches = [collate_pairs(eval_pairs[i : i + t.eval_batch_size], pad)
+                    for i in range(0, len(eval_pairs), t.eval_batch_size)]
+    reference = (ref_train.chosen, ref_train.rejected)
+    metrics: dict[str, float] = {}
+    bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc="train",
+               disable=not accelerator.is_main_process, dynamic_ncols=True)
+    try:
+        for step in bar:
+            idx = step_indices(n, global_batch, step, steps_per_epoch, t.seed)[accelerator.process_index::world]
+            micro = [collate_pairs([train_pairs[i] for i in idx[j : j + t.per_device_batch_size]], pad)
+                     for j in range(0, len(idx), t.per_device_batch_size)]
+            metrics = accumulate_gradients(model, micro, reference, settings, accelerator, autocast)
+            params = [p for p in model.parameters() if p.requires_grad]
+            grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                warnings.warn(f"step {step + 1}: non-finite gradient norm, optimizer step skipped", stacklevel=1)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            metrics |= {"grad_norm": float(grad_norm), "learning_rate": scheduler.get_last_lr()[0],
+                        "epoch": (step + 1) / steps_per_epoch}
+            done = step + 1
+            if done % t.logging_steps == 0 or done == total_steps:
+                log.write(done, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}",
+                                margin=f"{metrics['rewards/margins']:.3f}")
+            if t.eval_steps and done % t.eval_steps == 0 and done < total_steps and eval_batches:
+                log.write(done, evaluate(model, eval_batches, (ref_eval.chosen, ref_eval.rejected), settings, autocast))
+            if t.save_steps and done % t.save_steps == 0 and done < total_steps and accelerator.is_main_process:
+                save_checkpoint(out, done, unwrapped, optimizer, scheduler, {"epoch": done / steps_per_epoch},
+                                keep=t.save_total_limit)
+        eval_metrics = (evaluate(model, eval_batches, (ref_eval.chosen, ref_eval.rejected), settings, autocast)
+                        if eval_batches else {})
+    except BaseException as exc:
+        if accelerator.is_main_process:
+            write_json_atomic(out / "run_info.json", record | {"status": "failed", "error": repr(exc)})
+        log.close()
+        raise
+    if accelerator.is_main_process:
+        log.write(total_steps, eval_metrics)
+        write_json_atomic(out / "eval_results.json", eval_metrics)
+        if t.save_model:
+            _save_final(config, unwrapped, tokenizer, out)
+        write_json_atomic(out / "run_info.json", record | {"status": "complete", "final_metrics": metrics,
+                                                           "eval_metrics": eval_metrics})
+    log.close()
+    accelerator.wait_for_everyone()
+    return TrainResult(out, total_steps, metrics, eval_metrics)
+
+
+def _save_final(config: TrainConfig, model, tokenizer, out: Path) -> None:
+    """``model/`` holds a full save_pretrained model (LoRA merged; the adapter alone in ``adapter/``)."""
+    tmp = out / "model.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if config.lora.enabled:
+        model.save_pretrained(out / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out / "model", ignore_errors=True)
+    tmp.rename(out / "model")
