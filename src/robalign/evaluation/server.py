@@ -107,7 +107,8 @@ class LocalOpenAIServer:
         self.responder = responder or ScriptedResponder()
         self.faults = faults or Faults()
         self.model_name = model_name
-        self.counts: Counter[str] = Counter()  # "chat" = chat requests received; plus one per outcome
+        # "chat" = chat requests received; one count per outcome (ok, 429, ...); in_flight, max_in_flight
+        self.counts: Counter[str] = Counter()
         self.authorizations: Counter[str] = Counter()  # Authorization header values seen (tests)
         self._arrivals: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -151,7 +152,17 @@ class LocalOpenAIServer:
             return dict(self.counts)
 
     def handle_chat(self, raw: bytes, authorization: str | None) -> tuple[int, dict, bytes]:
-        """(status, headers, body) for one chat request; records counts."""
+        """(status, headers, body) for one chat request; records counts and peak concurrency."""
+        with self._lock:
+            self.counts["in_flight"] += 1
+            self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.counts["in_flight"])
+        try:
+            return self._chat(raw, authorization)
+        finally:
+            with self._lock:
+                self.counts["in_flight"] -= 1
+
+    def _chat(self, raw: bytes, authorization: str | None) -> tuple[int, dict, bytes]:
         with self._lock:
             self.counts["chat"] += 1
             if authorization:

@@ -68,7 +68,7 @@ def _ipo(p: _Pairs) -> torch.Tensor:
         h = p.chosen_logratios / p.chosen_lengths - p.rejected_logratios / p.rejected_lengths
     else:
         h = p.chosen_logratios - p.rejected_logratios
-    return (h - 1 / p.beta) ** 2
+    return (h - 1 / (2 * p.beta)) ** 2
 
 
 def _soft(p: _Pairs) -> torch.Tensor:

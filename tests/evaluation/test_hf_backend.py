@@ -1,0 +1,88 @@
+"""The hf backend on the nano Llama model (~0.8M parameters, random weights)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from robalign.evaluation.backends import GenerationRequest, build_backend
+from robalign.evaluation.cache import CachedBackend, ResponseCache
+from robalign.evaluation.hf_backend import HFBackend, RowSampler
+
+PROMPTS = ["Hi", "Who was late to the meeting, the young intern or the older colleague?", "Fill the blank: ___",
+           "Tell me a story about a nurse and an engineer who worked together in a small town hospital."]
+
+
+def requests(**kw) -> list[GenerationRequest]:
+    return [GenerationRequest([{"role": "user", "content": p}], max_new_tokens=12, **kw) for p in PROMPTS]
+
+
+def test_batched_greedy_equals_one_at_a_time_with_left_padding(nano_llama):
+    backend = build_backend(f"hf:{nano_llama}", batch_size=4)
+    batched = backend.generate(requests())
+    assert backend._tokenizer.padding_side == "left"
+    single = [backend.generate([r])[0] for r in requests()]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert all(r.completion_tokens <= 12 and r.prompt_tokens > 0 for r in batched)
+    assert len({r.prompt_tokens for r in batched}) > 1  # prompts really differ in length: padding was needed
+
+
+def test_chat_template_is_applied(nano_llama):
+    backend = HFBackend(str(nano_llama))
+    text = backend.render([{"role": "user", "content": "question"}])
+    assert text.startswith("<|user|>\nquestion<|end|>") and text.endswith("<|assistant|>\n")
+
+
+def test_seeded_sampling_is_per_request_and_batch_invariant(nano_llama):
+    backend = HFBackend(str(nano_llama), batch_size=4)
+    sampled = requests(temperature=1.0, seed=7)
+    first = backend.generate(sampled)
+    reordered = backend.generate(sampled[::-1])[::-1]
+    alone = [backend.generate([r])[0] for r in sampled]
+    assert [r.text for r in first] == [r.text for r in reordered] == [r.text for r in alone]
+    greedy = backend.generate(requests())
+    other_seed = backend.generate(requests(temperature=1.0, seed=8))
+    other_sample = backend.generate(requests(temperature=1.0, seed=7, sample_index=1))
+    assert [r.text for r in first] != [r.text for r in greedy]
+    assert [r.text for r in first] != [r.text for r in other_seed]
+    assert [r.text for r in first] != [r.text for r in other_sample]
+
+
+def test_row_sampler_top_p_keeps_only_the_nucleus():
+    import torch
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 200))
+    gens = [torch.Generator().manual_seed(i) for i in range(200)]
+    out = RowSampler(gens, temperature=1.0, top_p=0.7)(None, scores)
+    picked = out.argmax(-1)
+    assert set(picked.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; tokens 2 and 3 are cut
+    assert torch.isinf(out).sum(-1).eq(3).all()
+
+
+def test_identity_is_cheap_and_tracks_weights(nano_llama, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(nano_llama, model_dir)
+    backend = HFBackend(str(model_dir))
+    identity = backend.identity()
+    assert backend._model is None  # no weights were loaded to compute it
+    assert identity["model"] == str(model_dir.resolve()) and len(identity["template"]) == 16
+    weights = model_dir / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "re-trained in place"
+    assert HFBackend(str(model_dir)).identity()["revision"] != identity["revision"]
+
+
+def test_cached_rerun_never_loads_the_model(nano_llama, tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    CachedBackend(HFBackend(str(nano_llama)), cache).generate(requests())
+    fresh = HFBackend(str(nano_llama))
+    wrapper = CachedBackend(fresh, cache)
+    out = wrapper.generate(requests())
+    assert fresh._model is None and wrapper.summary.cache_hits == len(PROMPTS) and all(r.cached for r in out)
+
+
+def test_finish_reason_and_token_counts(nano_llama):
+    out = HFBackend(str(nano_llama)).generate(requests())
+    for r in out:
+        assert r.finish_reason in ("stop", "length")
+        assert (r.finish_reason == "length") == (r.completion_tokens == 12)
