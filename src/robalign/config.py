@@ -81,6 +81,14 @@ class LossConfig:
 
 
 @dataclass
+class ShapoConfig:
+    enabled: bool = False  # ShaPO sharpness-aware steps (docs/methods.md#shapo)
+    rho: float = 0.05  # ‖ε‖₂, the perturbation radius; sweep it (0 = the plain step, exactly)
+    interval: int = 1  # ShaPO on every k-th optimizer step (official recipe: 5; 1 = every step)
+    mask: str = "uniform"  # directory from `robalign subspace`, or uniform (every trainable parameter: full SAM)
+
+
+@dataclass
 class TrainingConfig:
     learning_rate: float = 1e-4
     optimizer: str = "adamw"  # adamw | rmsprop | sgd
@@ -101,6 +109,7 @@ class TrainingConfig:
     save_total_limit: int = 2
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb
     save_model: bool = True  # write the final model to <output_dir>/model
+    shapo: ShapoConfig = field(default_factory=ShapoConfig)
 
 
 @dataclass
@@ -267,6 +276,12 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"training.lr_scheduler must be constant, linear or cosine, got '{t.lr_scheduler}'")
     if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
         raise ConfigError("training.per_device_batch_size and gradient_accumulation_steps must be >= 1")
+    if not (t.shapo.rho >= 0 and t.shapo.rho < float("inf")):
+        raise ConfigError(f"training.shapo.rho must be a finite number >= 0, got {t.shapo.rho}")
+    if t.shapo.interval < 1:
+        raise ConfigError(f"training.shapo.interval must be >= 1 (1 = every step), got {t.shapo.interval}")
+    if not t.shapo.mask.strip():
+        raise ConfigError("training.shapo.mask is empty: give a directory from `robalign subspace`, or uniform")
     for sink in t.report_to:
         if sink not in ("tensorboard", "wandb"):
             raise ConfigError(f"training.report_to: unknown sink '{sink}' (tensorboard or wandb)")

@@ -85,4 +85,11 @@ def test_finish_reason_and_token_counts(nano_llama):
     out = HFBackend(str(nano_llama)).generate(requests())
     for r in out:
         assert r.finish_reason in ("stop", "length")
-        assert (r.finish_reason == "length") == (r.completion_tokens == 12)
+        assert r.completion_tokens == 12 if r.finish_reason == "length" else r.completion_tokens <= 12
+
+
+def test_prompt_longer_than_the_context_fails_with_a_reason(nano_llama):
+    backend = HFBackend(str(nano_llama))
+    long = GenerationRequest([{"role": "user", "content": "word " * 600}], max_new_tokens=8)
+    out = backend.generate([requests()[0], long])
+    assert out[0].ok and out[1].status == "failed" and out[1].reason.startswith("prompt too long")

@@ -7,8 +7,10 @@ We run that real code on a real ``DPOTrainer`` (tiny offline Llama, float64) in 
 
 1. scripted: the model passed to ``compute_loss`` is a stand-in that returns per-token log-probs
    we wrote, so both implementations see bit-identical inputs and only the formulas differ;
-2. end to end: the trainer's own model and data collator, with the policy's weights nudged away
-   from the reference; ours reads log-probs from a plain forward of the same model.
+2. end to end: the trainer's own model, collator and precomputed reference log-probs, with the
+   policy's weights nudged away from the reference. TRL's fused head works in float32, so the
+   per-sequence log-probs are checked against a plain float64 forward to float32 precision and
+   the losses are compared on TRL's own log-probs.
 
 TRL is not a reference for cdpo: it ignores ``label_smoothing`` in its sigmoid loss (pinned below).
 """
@@ -48,7 +50,9 @@ def make_trainer(nano_llama, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(nano_llama)
     out = tmp_path_factory.mktemp("trl")
 
-    def make(loss_type: list[str], beta: float, label_smoothing: float = 0.0, loss_weights=None) -> DPOTrainer:
+    def make(
+        loss_type: list[str], beta: float, label_smoothing: float = 0.0, loss_weights=None
+    ) -> DPOTrainer:
         model = AutoModelForCausalLM.from_pretrained(nano_llama, dtype=torch.float64)
         args = DPOConfig(
             output_dir=str(out),
@@ -63,13 +67,15 @@ def make_trainer(nano_llama, tmp_path_factory):
             report_to=[],
             disable_tqdm=True,
         )
-        return DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tokenizer)
+        return DPOTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tokenizer
+        )
 
     return make
 
 
-def ours(weights: dict[str, float], logps: torch.Tensor, ref_chosen, ref_rejected, lengths, beta, eps):
-    """Our mean batch loss; logps and lengths stack chosen rows then rejected rows, (2B,)."""
+def ours(weights: dict[str, float], logps, ref_chosen, ref_rejected, lengths, beta, **hyper) -> torch.Tensor:
+    """Our mean batch loss. logps, lengths: (2B,) chosen rows then rejected rows; ref_*: (B,)."""
     chosen, rejected = logps.chunk(2)
     chosen_lengths, rejected_lengths = lengths.chunk(2)
     per_pair = combined_pair_losses(
@@ -81,8 +87,8 @@ def ours(weights: dict[str, float], logps: torch.Tensor, ref_chosen, ref_rejecte
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
         beta=beta,
-        rdpo_epsilon=eps,
         ipo_length_normalize=True,  # TRL's convention
+        **hyper,
     )
     return aggregate(per_pair, "mean")
 
@@ -99,7 +105,9 @@ class ScriptedLM(torch.nn.Module):
         scored = labels[:, 1:] != -100
         assert torch.equal(scored, self.log_probs != 0), "TRL scores other positions than we script"
         zeros = torch.zeros_like(self.log_probs)  # entropy / logits metrics only
-        return SimpleNamespace(log_probs=self.log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+        return SimpleNamespace(
+            log_probs=self.log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+        )
 
 
 def scripted_batch(n_pairs: int = 4, width: int = 14, seed: int = 0):
@@ -142,7 +150,8 @@ def test_trl_loss_on_scripted_logps(make_trainer, loss_type, loss_weights, beta,
     batch, log_probs, lengths = scripted_batch()
     theirs = trainer.compute_loss(ScriptedLM(log_probs), batch)
     weights = {TRL_TO_OURS[t]: w for t, w in zip(loss_type, loss_weights or [1.0] * len(loss_type))}
-    mine = ours(weights, log_probs.sum(1), batch["ref_chosen_logps"], batch["ref_rejected_logps"], lengths, beta, eps)
+    refs = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    mine = ours(weights, log_probs.sum(1), *refs, lengths, beta, rdpo_epsilon=eps)
     assert theirs.dtype == torch.float64
     torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)
 
@@ -152,23 +161,9 @@ def test_trl_sigmoid_ignores_label_smoothing(make_trainer):
     trainer = make_trainer(["sigmoid"], 0.1, label_smoothing=0.3)
     batch, log_probs, lengths = scripted_batch(seed=1)
     theirs = trainer.compute_loss(ScriptedLM(log_probs), batch)
-    args = (log_probs.sum(1), batch["ref_chosen_logps"], batch["ref_rejected_logps"], lengths, 0.1, 0.0)
-    torch.testing.assert_close(ours({"dpo": 1.0}, *args), theirs, rtol=1e-6, atol=1e-6)
-    from robalign.training.losses import pair_losses
-
-    chosen, rejected = args[0].chunk(2)
-    cdpo = pair_losses(
-        "cdpo",
-        policy_chosen_logps=chosen,
-        policy_rejected_logps=rejected,
-        reference_chosen_logps=args[1],
-        reference_rejected_logps=args[2],
-        chosen_lengths=lengths[:4],
-        rejected_lengths=lengths[4:],
-        beta=0.1,
-        label_smoothing=0.3,
-    ).mean()
-    assert (cdpo - theirs).abs() > 1e-3
+    inputs = (log_probs.sum(1), batch["ref_chosen_logps"], batch["ref_rejected_logps"], lengths, 0.1)
+    torch.testing.assert_close(ours({"dpo": 1.0}, *inputs), theirs, rtol=1e-6, atol=1e-6)
+    assert (ours({"cdpo": 1.0}, *inputs, label_smoothing=0.3) - theirs).abs() > 1e-3
 
 
 @pytest.mark.parametrize("loss_type, beta", [("sigmoid", 0.1), ("ipo", 0.5)])
@@ -192,7 +187,9 @@ def test_trl_end_to_end_on_tiny_model(make_trainer, loss_type, beta):
     ids, attention, completion = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     with torch.no_grad():
         labels = ids.masked_fill(completion == 0, -100)  # how TRL asks its fused head for log-probs
-        trl_logps = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True).log_probs
+        trl_logps = model(
+            input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True
+        ).log_probs
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
     token_logps = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     mask = completion[:, 1:]  # token t+1 is scored by the logits at position t
@@ -202,5 +199,5 @@ def test_trl_end_to_end_on_tiny_model(make_trainer, loss_type, beta):
     ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     assert (logps.chunk(2)[0] - ref_c).abs().min() > 1e-3  # the policy really moved
     lengths = mask.sum(1).to(trl_logps.dtype)
-    mine = ours({TRL_TO_OURS[loss_type]: 1.0}, trl_logps.sum(1), ref_c, ref_r, lengths, beta, 0.0)
+    mine = ours({TRL_TO_OURS[loss_type]: 1.0}, trl_logps.sum(1), ref_c, ref_r, lengths, beta)
     torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)  # (b)

@@ -19,6 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("robalign.cli.demo", "run the main job end to end on the embedded synthetic default"),
     "judge": ("robalign.cli.judge", "run judges on saved responses, measure judge agreement, select a judge"),
     "generate": ("robalign.cli.generate", "generate responses from a model spec (hf / openai / vllm) with caching"),
+    "probe": ("robalign.cli.probe", "fit a linear safe/unsafe probe on a frozen model's hidden states (ShaPO step 1)"),
+    "subspace": ("robalign.cli.subspace", "select MLP neurons aligned with a safety probe and save the mask (ShaPO step 2)"),
+    "subspace-analysis": ("robalign.cli.subspace_analysis",
+                          "Figure 1: share of the worst-case loss increase from Top-K vs random-K neurons"),
+    "train-reward": ("robalign.cli.train_reward", "train a Bradley-Terry reward (or cost) model on preference pairs"),
+    "soft-labels": ("robalign.cli.soft_labels", "score pairs with a reward/cost model and write a soft_label column"),
     "serve-openai": ("robalign.cli.serve", "serve a local OpenAI-compatible chat API (tests, fault injection)"),
 }
 

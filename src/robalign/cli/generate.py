@@ -49,7 +49,7 @@ def run(args) -> int:
     out = wf.generate_frame(df, backend, requests, args.samples)
     write_table(out, args.out)
     wf.write_json(Path(str(args.out) + ".summary.json"),
-                  {"run": wf.run_record(), "model": spec_label(args.model), "summary": backend.summary.to_dict()})
+                  {"run": wf.run_record(args), "model": spec_label(args.model), "summary": backend.summary.to_dict()})
     print(backend.summary.line())
     print(f"wrote {len(out)} rows to {args.out}")
     return 0 if backend.summary.failed == 0 else 1

@@ -89,7 +89,7 @@ def _run(args) -> int:
         out = wf.misunderstanding_pass(out, second, items, prefix=args.prefix)
         summaries.append(second.summary)
     write_table(out, args.out)
-    report = {"run": wf.run_record(), "judge": args.judge, "rows": len(out),
+    report = {"run": wf.run_record(args), "judge": args.judge, "rows": len(out),
               "verdicts": wf.verdict_counts(out[f"{args.prefix}verdict"]),
               "generation": [s.to_dict() for s in summaries]}
     wf.write_json(Path(str(args.out) + ".summary.json"), report)
@@ -116,7 +116,7 @@ def _agreement(args) -> int:
         pred = df[col].where(df[col].notna(), "MISSING").astype(str)
         reports.append(agreement(df[args.gold].astype(str), pred, name=col, n_boot=args.n_boot, seed=args.seed,
                                  level=args.level))
-    payload = {"run": wf.run_record(), "data": str(args.data), "gold": args.gold, "rows": int(len(df)),
+    payload = {"run": wf.run_record(args), "data": str(args.data), "gold": args.gold, "rows": int(len(df)),
                "dropped_rows_without_gold": int((~keep).sum()), "judges": [r.to_dict() for r in reports]}
     if len(preds) > 1:
         payload["alpha_between_judges"] = krippendorff_alpha(df[preds].where(pd.notna(df[preds]), None).values.tolist())
@@ -162,7 +162,7 @@ def _select(args) -> int:
         control = control.sample(n=min(args.limit, len(control)), random_state=args.seed).reset_index(drop=True)
     cache = wf.open_cache(args.no_cache, args.cache)
     result = select_judge(control, judges, args.out, cache, n_boot=args.n_boot, seed=args.seed)
-    wf.write_json(Path(args.out) / "run.json", {"run": wf.run_record(), "judges_file": str(args.judges),
+    wf.write_json(Path(args.out) / "run.json", {"run": wf.run_record(args), "judges_file": str(args.judges),
                                                 "control_set": str(args.control_set), "rows": len(control)})
     print(f"{'rank':<5} {'judge':<40} {'kappa':>6}  {'95% CI':<18} {'accuracy':>8}  unparsed")
     for i, entry in enumerate(result["ranking"], 1):

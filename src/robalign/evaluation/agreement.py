@@ -183,6 +183,8 @@ def agreement(gold: Sequence, pred: Sequence, name: str = "pred", n_boot: int = 
             draws["alpha"].append(alpha_two_raters(Cb))
         tail = 100 * (1 - level) / 2
         for metric, chunks in draws.items():
-            low, high = np.nanpercentile(np.concatenate(chunks), [tail, 100 - tail])
+            values = np.concatenate(chunks)
+            values = values[np.isfinite(values)]  # kappa is NaN in a resample where both raters are constant
+            low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
             result.ci[metric] = [float(low), float(high)]
     return result

@@ -173,13 +173,30 @@ class HFBackend:
         with self._lock:
             results: list[GenerationResponse | None] = [None] * len(requests)
             prompts = [self.render(r.messages) for r in requests]
-            for batch in self._batches(requests, prompts):
+            for i, reason in self._too_long(requests, prompts).items():
+                results[i] = GenerationResponse(status="failed", reason=reason, attempts=0)
+                if on_response:
+                    on_response(i, results[i])
+            todo = [i for i in range(len(requests)) if results[i] is None]
+            for sub in self._batches([requests[i] for i in todo], [prompts[i] for i in todo]):
+                batch = [todo[j] for j in sub]
                 for i, response in zip(batch, self._generate_batch([requests[i] for i in batch],
                                                                    [prompts[i] for i in batch])):
                     results[i] = response
                     if on_response:
                         on_response(i, response)
             return results  # type: ignore[return-value]
+
+    def _too_long(self, requests: Sequence[GenerationRequest], prompts: list[str]) -> dict[int, str]:
+        """Requests whose prompt + max_new_tokens exceed the model's context: failed with a
+        reason rather than silently truncated (cutting a judge prompt drops its instructions)."""
+        model, tok = self._load()
+        context = getattr(model.config, "max_position_embeddings", None)
+        if not context:
+            return {}
+        lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+        return {i: f"prompt too long: {n} tokens + max_new_tokens {r.max_new_tokens} > context {context}"
+                for i, (n, r) in enumerate(zip(lengths, requests)) if n + r.max_new_tokens > context}
 
     def _batches(self, requests: Sequence[GenerationRequest], prompts: list[str]) -> list[list[int]]:
         groups: dict[tuple, list[int]] = {}

@@ -45,8 +45,7 @@ class Faults:
 
     def draw(self, body: bytes, arrival: int) -> str:
         """'ok' or one of FAULTS for the ``arrival``-th copy of ``body``."""
-        digest = hashlib.sha256(body).hexdigest()
-        u = random.Random(f"{self.seed}:{digest}:{arrival}").random()
+        u = random.Random(f"{self.seed}:{_digest(body)}:{arrival}").random()
         edge = 0.0
         for name, rate in zip(FAULTS, (self.rate_429, self.rate_500, self.rate_slow, self.rate_malformed)):
             edge += rate
@@ -130,7 +129,7 @@ class LocalOpenAIServer:
             return self.counts["chat"]
 
     def start(self) -> LocalOpenAIServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -167,8 +166,9 @@ class LocalOpenAIServer:
             self.counts["chat"] += 1
             if authorization:
                 self.authorizations[authorization] += 1
-            arrival = self._arrivals[raw]
-            self._arrivals[raw] += 1
+            digest = _digest(raw)  # counted by digest: memory stays small on long runs
+            arrival = self._arrivals[digest]
+            self._arrivals[digest] += 1
         fault = self.faults.draw(raw, arrival)
         with self._lock:
             self.counts[fault] += 1
@@ -190,6 +190,10 @@ class LocalOpenAIServer:
         if fault == "malformed":
             return 200, {}, payload[: len(payload) // 2]
         return 200, {}, payload
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 def _json(obj) -> bytes:

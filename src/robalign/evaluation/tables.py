@@ -61,12 +61,13 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     kind = _kind(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
+    gz = "gzip" if path.name.lower().endswith(".gz") else None  # the .partial name hides the suffix
     if kind in (".csv", ".tsv"):
-        df.to_csv(tmp, index=False, sep="," if kind == ".csv" else "\t")
+        df.to_csv(tmp, index=False, sep="," if kind == ".csv" else "\t", compression=gz)
     elif kind == ".jsonl":
-        df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        df.to_json(tmp, orient="records", lines=True, force_ascii=False, compression=gz)
     elif kind == ".json":
-        df.to_json(tmp, orient="records", force_ascii=False, indent=1)
+        df.to_json(tmp, orient="records", force_ascii=False, indent=1, compression=gz)
     else:
         df.to_parquet(tmp, index=False)
     tmp.replace(path)

@@ -8,7 +8,6 @@ import datetime
 import json
 import platform
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
-def run_record(argv: list[str] | None = None) -> dict[str, Any]:
-    """Where a result came from: command, time, versions, git commit (when inside a checkout)."""
+def run_record(args=None) -> dict[str, Any]:
+    """Where a result came from: the parsed CLI arguments, time, versions, git commit."""
     from robalign import __version__ as robalign_version
 
     try:
@@ -49,7 +48,7 @@ def run_record(argv: list[str] | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
-        "command": ["robalign", *(sys.argv[1:] if argv is None else argv)],
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")} if args is not None else {},
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "robalign": robalign_version, "python": platform.python_version(), "git_commit": commit,
     }

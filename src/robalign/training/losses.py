@@ -185,7 +185,9 @@ def combined_pair_losses(weights: dict[str, float], **kwargs) -> torch.Tensor:
 
 def _check_batch(per_pair: torch.Tensor, drdpo_beta: float) -> None:
     if per_pair.ndim != 1 or per_pair.numel() == 0:
-        raise ValueError(f"expected a non-empty (B,) tensor of per-pair losses, got shape {tuple(per_pair.shape)}")
+        raise ValueError(
+            f"expected a non-empty (B,) tensor of per-pair losses, got shape {tuple(per_pair.shape)}"
+        )
     if not drdpo_beta > 0:
         raise ValueError(f"drdpo_beta (β′) must be > 0, got {drdpo_beta}")
 

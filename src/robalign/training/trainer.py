@@ -23,7 +23,9 @@ from robalign.provenance import run_record, write_json_atomic
 from robalign.training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from robalign.training.metrics_log import MetricsLog
 from robalign.training.reference import reference_logps
+from robalign.training.shapo import shapo_due, shapo_step
 from robalign.training.step import LossSettings, accumulate_gradients, evaluate
+from robalign.training.subspace import resolve_parameter_mask
 
 
 class TrainResult(NamedTuple):
@@ -147,12 +149,14 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     settings = LossSettings(dict(config.loss.losses), config.loss.beta, config.loss.label_smoothing,
                             config.loss.rdpo_epsilon, config.loss.ipo_length_normalize, config.loss.aggregation,
                             config.loss.drdpo_beta)
+    shapo_mask = resolve_parameter_mask(unwrapped, t.shapo.mask, fingerprint) if t.shapo.enabled else None
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint(resume_from, unwrapped, optimizer, scheduler)["step"]
 
     record = {"status": "running", "model_fingerprint": fingerprint, "world_size": world,
               "total_steps": total_steps, "global_batch": global_batch, **data_info,
+              "shapo_mask": shapo_mask.summary() if shapo_mask else None,
               "reference_cache": {"train": str(ref_train.cache_file), "train_hit": ref_train.cache_hit,
                                   "eval": str(ref_eval.cache_file), "eval_hit": ref_eval.cache_hit}}
     if accelerator.is_main_process:
@@ -175,7 +179,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
             idx = step_indices(n, global_batch, step, steps_per_epoch, t.seed)[accelerator.process_index::world]
             micro = [collate_pairs([train_pairs[i] for i in idx[j : j + t.per_device_batch_size]], pad)
                      for j in range(0, len(idx), t.per_device_batch_size)]
-            metrics = accumulate_gradients(model, micro, reference, settings, accelerator, autocast)
+            if shapo_mask is not None and shapo_due(step, t.shapo.interval):
+                metrics = shapo_step(model, micro, reference, settings, shapo_mask, t.shapo.rho, accelerator, autocast)
+            else:
+                metrics = accumulate_gradients(model, micro, reference, settings, accelerator, autocast)
             params = [p for p in model.parameters() if p.requires_grad]
             grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
             if torch.isfinite(grad_norm):

@@ -1,0 +1,181 @@
+"""ShaPO's selective sharpness-aware step (arXiv 2602.07340; DESIGN.md §2.3, docs/methods.md).
+
+One step, over one effective batch (all its micro-batches):
+
+    g  = ∇L(θ)                          masked coordinates only
+    ε  = ρ · (M⊙g) / ‖M⊙g‖₂             fp32, on the fp32 master weights
+    g′ = ∇L(θ + ε)                      every trainable tensor; this is what the optimizer uses
+    θ  ← θ  (restored bit for bit: the masked slices are copied back, not θ + ε − ε)
+
+Cost. The first pass needs ∇ only for the masked tensors, so every other trainable tensor has
+``requires_grad`` switched off while it runs: backward skips their weight gradients and stops
+below the lowest masked layer. With a 1 % neuron mask a ShaPO step costs well under two DPO
+steps; with the uniform mask (full SAM) it costs two.
+
+Gradient accumulation. Both passes run ``accumulate_gradients`` over *all* micro-batches, so g and
+g′ are effective-batch gradients (Dr.DPO weights included). Gradients already in ``.grad`` when the
+step starts are kept: unmasked tensors are not touched by the first pass, and masked tensors'
+gradients are set aside and put back before the second pass accumulates onto them.
+
+Data parallel (Accelerate DDP). The first pass runs under ``no_sync``; only the masked slices of g
+are all-reduced (mean), so ‖M⊙g‖ is a global norm and ε is the same on every rank and equal to the
+single-process ε. The second pass is the ordinary synced pass. FSDP / DeepSpeed shard the
+parameters and would need a sharded ε; they are refused.
+
+Dropout. The random-number state is replayed for the second pass, so both passes draw the same
+dropout masks and L(θ+ε) − L(θ) measures the perturbation, not dropout noise; ρ = 0 then
+reproduces the plain step exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+from robalign.data.tokenize import PairBatch
+from robalign.errors import UserError
+from robalign.training.step import LossSettings, accumulate_gradients
+from robalign.training.subspace import MaskedTensor, ParameterMask
+
+
+def shapo_due(step: int, interval: int) -> bool:
+    """ShaPO on optimizer steps 0, k, 2k, ... (0-based); the others are plain steps. k = 1: every step."""
+    return step % interval == 0
+
+
+def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dict], settings: LossSettings,
+               mask: ParameterMask, rho: float, accelerator=None,
+               autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Leave g′ = ∇L(θ+ε) in ``.grad`` (θ unchanged on return) and return the step metrics.
+
+    Metrics: TRL names at θ (as a plain step would log them) plus ``shapo/loss_gain`` =
+    L(θ+ε) − L(θ) (≈ ρ‖M⊙g‖ = ``shapo/first_order_gain`` for small ρ), ``shapo/eps_norm`` (‖ε‖
+    actually applied to the weights), ``shapo/eps_norm_autocast`` (the part that survives rounding
+    the perturbed weights to the autocast dtype), ``shapo/grad_norm_masked``, ``shapo/mask_params``.
+    A non-finite ‖M⊙g‖ skips the perturbation with a warning and leaves a non-finite gradient in
+    the masked tensors, so the trainer's finiteness check skips the optimizer step.
+    """
+    _check_distributed(accelerator)
+    device = mask.entries[0].param.device
+    rng = _rng_state(device)
+    stashed = [e.param.grad for e in mask.entries]
+    for e in mask.entries:
+        e.param.grad = None
+    sync_off = accelerator.no_sync(model) if accelerator is not None else nullcontext()
+    with sync_off, _only_masked_grads(model, mask):
+        base = accumulate_gradients(model, micro_batches, reference, settings, accelerator, autocast_dtype)
+    g = torch.cat([_slice(e, e.param.grad).float().flatten() if e.param.grad is not None
+                   else torch.zeros(e.numel, device=device) for e in mask.entries])
+    if accelerator is not None and accelerator.num_processes > 1:
+        g = accelerator.reduce(g, reduction="mean")
+    grad_norm = torch.linalg.vector_norm(g)
+    info = {"shapo/grad_norm_masked": grad_norm.item(), "shapo/mask_params": float(mask.numel),
+            "shapo/first_order_gain": rho * grad_norm.item()}
+    if not torch.isfinite(grad_norm):
+        warnings.warn("ShaPO: non-finite gradient at θ; perturbation skipped and no optimizer step should "
+                      "follow (the gradient left in .grad is non-finite)", stacklevel=2)
+        for (e, chunk), old in zip(_chunks(mask, g), stashed):
+            e.param.grad = _scatter(e, chunk) + (old if old is not None else 0)
+        return base | info | {"shapo/skipped": 1.0, "shapo/loss_gain": float("nan"), "shapo/eps_norm": 0.0}
+    for e, old in zip(mask.entries, stashed):
+        e.param.grad = old
+    eps = g * (rho / grad_norm) if grad_norm > 0 else torch.zeros_like(g)
+    saved = _perturb(mask, eps)
+    try:
+        applied = _applied_norms(mask, saved, autocast_dtype)
+        _set_rng_state(device, rng)
+        perturbed = accumulate_gradients(model, micro_batches, reference, settings, accelerator, autocast_dtype)
+    finally:
+        _restore(mask, saved)
+    return base | info | applied | {"shapo/skipped": 0.0, "shapo/loss_gain": perturbed["loss"] - base["loss"],
+                                    "shapo/loss_perturbed": perturbed["loss"]}
+
+
+def _check_distributed(accelerator) -> None:
+    kind = str(getattr(accelerator, "distributed_type", "NO"))
+    if "FSDP" in kind or "DEEPSPEED" in kind:
+        raise UserError(f"ShaPO supports one device and DDP; {kind} shards the parameters and would need a "
+                        "sharded perturbation (not implemented). Train with DDP, or turn training.shapo off")
+
+
+@contextmanager
+def _only_masked_grads(model, mask: ParameterMask):
+    masked = {id(e.param) for e in mask.entries}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in masked]
+    for p in others:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in others:
+            p.requires_grad_(True)
+
+
+def _slice(e: MaskedTensor, t: torch.Tensor) -> torch.Tensor:
+    return t if e.axis is None else t.index_select(e.axis, e.index)
+
+
+def _chunks(mask: ParameterMask, flat: torch.Tensor):
+    offset = 0
+    for e in mask.entries:
+        yield e, flat[offset : offset + e.numel]
+        offset += e.numel
+
+
+def _scatter(e: MaskedTensor, chunk: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like ``e.param``: ``chunk`` on the masked slices, 0 elsewhere."""
+    out = torch.zeros_like(e.param)
+    if e.axis is None:
+        return out.copy_(chunk.view_as(out))
+    return out.index_copy_(e.axis, e.index, chunk.view(_slice(e, out).shape).to(out.dtype))
+
+
+@torch.no_grad()
+def _perturb(mask: ParameterMask, eps: torch.Tensor) -> list[torch.Tensor]:
+    """θ_M += ε in fp32; returns the original values of every perturbed slice."""
+    saved = []
+    for e, chunk in _chunks(mask, eps):
+        old = _slice(e, e.param.detach()).clone()
+        new = (old.float() + chunk.view(old.shape)).to(old.dtype)
+        if e.axis is None:
+            e.param.copy_(new)
+        else:
+            e.param.index_copy_(e.axis, e.index, new)
+        saved.append(old)
+    return saved
+
+
+@torch.no_grad()
+def _restore(mask: ParameterMask, saved: list[torch.Tensor]) -> None:
+    for e, old in zip(mask.entries, saved):
+        if e.axis is None:
+            e.param.copy_(old)
+        else:
+            e.param.index_copy_(e.axis, e.index, old)
+
+
+@torch.no_grad()
+def _applied_norms(mask: ParameterMask, saved: list[torch.Tensor], autocast_dtype) -> dict[str, float]:
+    """‖θ+ε − θ‖ as stored, and as autocast matmuls see it (perturbed and old weights rounded)."""
+    total = rounded = torch.zeros((), device=saved[0].device)
+    for e, old in zip(mask.entries, saved):
+        new = _slice(e, e.param.detach())
+        total = total + (new.float() - old.float()).pow(2).sum()
+        if autocast_dtype is not None:
+            rounded = rounded + (new.to(autocast_dtype).float() - old.to(autocast_dtype).float()).pow(2).sum()
+    out = {"shapo/eps_norm": total.sqrt().item()}
+    if autocast_dtype is not None:
+        out["shapo/eps_norm_autocast"] = rounded.sqrt().item()
+    return out
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
