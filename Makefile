@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py --json
+	$(PY) benchmarks/generation.py --json
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@ cost of a fully cached re-run. One process, one tiny model built offline here.
 
     python benchmarks/generation.py --json                 # nano model (~0.8M params), 64 prompts
     python benchmarks/generation.py --size micro --prompts 32
+    python benchmarks/generation.py --json --threads 1     # one intra-op thread for both loops
 
 Both timed runs generate the same greedy completions of the same prompts (64 new tokens,
 no early stop needed: throughput is completion tokens per second, so rows that hit eos
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both timed loops (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args()
 
@@ -53,7 +56,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", size=args.size)
-        backend = HFBackend(str(model_dir), batch_size=args.batch_size)
+        backend = HFBackend(str(model_dir), batch_size=args.batch_size, threads=args.threads)
         requests = [GenerationRequest([{"role": "user", "content": p}], max_new_tokens=args.max_new_tokens)
                     for p in bench_prompts(args.prompts)]
         backend.generate(requests[:2])  # warm-up: weights loaded, kernels initialised
@@ -79,7 +82,8 @@ def main() -> None:
     result = {
         "model": f"tiny llama {args.size} (built offline, random weights)",
         "prompts": args.prompts, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "torch_threads": args.threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other processes on the machine skew both loops
         "sequential_s": round(seq_s, 3), "sequential_tokens_per_s": round(seq_tokens / seq_s, 1),
         "batched_s": round(batch_s, 3), "batched_tokens_per_s": round(batch_tokens / batch_s, 1),
         "batched_over_sequential": round((batch_tokens / batch_s) / (seq_tokens / seq_s), 2),

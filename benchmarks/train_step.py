@@ -1,5 +1,5 @@
 """Seconds per DPO optimizer step: robalign versus TRL's DPOTrainer, same model, same data,
-same process.
+same process; and the cost of robalign's ShaPO step (k = 1 and k = 5) relative to robalign DPO.
 
     python benchmarks/train_step.py --json            # micro model (~9M params), batch 8
     python benchmarks/train_step.py --size nano --steps 10
@@ -73,6 +73,51 @@ def time_robalign(model_dir: Path, pairs, batch: int, steps: int, warmup: int, m
             "reference_precompute_s": ref_seconds, "reference_pairs": len(tp)}
 
 
+def time_shapo(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_length: int) -> dict:
+    """robalign DPO, ShaPO every step (k = 1) and every 5th step (k = 5), one step of each in turn on
+    three copies of the model, so load from other processes hits all three alike. Mask: 1 % of the
+    MLP neurons (random; a probe's Top-K has the same cost), ρ = 0.05. Medians of the timed steps;
+    k = 5 counts whole cycles (one ShaPO step, four plain steps)."""
+    from robalign.data.tokenize import collate_pairs, tokenize_pairs
+    from robalign.models.loading import load_causal_lm, load_tokenizer
+    from robalign.training.reference import compute_reference_logps
+    from robalign.training.shapo import shapo_due, shapo_step
+    from robalign.training.step import LossSettings, accumulate_gradients
+    from robalign.training.subspace import build_mask, resolve_parameter_mask
+
+    tok = load_tokenizer(str(model_dir))
+    tp = tokenize_pairs(pairs, tok, max_length, max_length // 2, use_chat_template=False).pairs
+    settings = LossSettings({"dpo": 1.0}, 0.1, 0.0, 0.1, False, "mean", 1.0)
+    runs = {}
+    for name, interval in (("dpo", None), ("shapo_k1", 1), ("shapo_k5", 5)):
+        model = load_causal_lm(str(model_dir)).train()
+        mask = resolve_parameter_mask(model, build_mask(model, 0.01, "random", seed=0)) if interval else None
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-5), interval, mask, [])
+    reference = compute_reference_logps(runs["dpo"][0], tp, tok.pad_token_id, batch_size=32)
+    timed = 5 * max(4, -(-steps // 5))  # whole k = 5 cycles, at least 4 (a median needs several ShaPO steps)
+    for step in range(warmup + timed):
+        b = collate_pairs(tp[(step * batch) % len(tp):][:batch], tok.pad_token_id)
+        for model, opt, interval, mask, times in runs.values():
+            t0 = time.perf_counter()
+            if interval and shapo_due(step, interval):
+                shapo_step(model, [b], reference, settings, mask, 0.05)
+            else:
+                accumulate_gradients(model, [b], reference, settings)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step >= warmup:
+                times.append((bool(interval) and shapo_due(step, interval), time.perf_counter() - t0))
+    dpo, k1 = (statistics.median(t for _, t in runs[k][4]) for k in ("dpo", "shapo_k1"))
+    # k = 5: one ShaPO step and four plain ones per cycle, each part by its median (robust to load spikes)
+    k5_sam = statistics.median(t for due, t in runs["shapo_k5"][4] if due)
+    k5 = (k5_sam + 4 * statistics.median(t for due, t in runs["shapo_k5"][4] if not due)) / 5
+    n_params = sum(p.numel() for p in runs["dpo"][0].parameters())
+    return {"shapo_dpo_s": dpo, "shapo_k1_s": k1, "shapo_k5_per_step_s": k5, "shapo_k1_over_dpo": k1 / dpo,
+            "shapo_k5_over_dpo": k5 / dpo, "shapo_mask_share": runs["shapo_k1"][3].numel / n_params,
+            "shapo_steps_timed": timed}
+
+
 def time_trl(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_length: int) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -129,6 +174,7 @@ def main() -> None:
                 trl_rounds.append(time_trl(model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length))
             except ImportError:
                 pass
+        shapo = time_shapo(model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length)
         ours = min(ours_rounds, key=lambda r: r["median_s"])
         trl = min(trl_rounds, key=lambda r: r["median_s"]) if trl_rounds else None
     result = {
@@ -146,6 +192,8 @@ def main() -> None:
             (ours["median_s"] + ours["reference_precompute_s"] * args.batch / ours["reference_pairs"]) / trl["median_s"], 3
         ) if trl else None,
         "goal_robalign_over_trl": 0.8,
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in shapo.items()},
+        "goal_shapo_k1_over_dpo": 2.0, "goal_shapo_k5_over_dpo": 1.25,
     }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 

@@ -45,11 +45,13 @@ def test_unknown_loss_name_suggests_closest():
 def test_every_shipped_config_validates(capsys):
     files = sorted(CONFIGS.rglob("*.yaml"))
     assert files
-    assert main(["validate", str(CONFIGS / "train")]) == 0
-    assert "0 invalid" in capsys.readouterr().out
+    assert main(["validate", str(CONFIGS)]) == 0
+    assert f"{len(files)} valid, 0 invalid" in capsys.readouterr().out
 
 
 def test_validate_reports_invalid(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("loss:\n  aggregation: median\n")
-    assert main(["validate", str(tmp_path / "bad.yaml")]) == 1
-    assert "aggregation" in capsys.readouterr().out
+    (tmp_path / "judges.yaml").write_text("judges:\n  - nonsense-judge\n")
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "aggregation" in out and "judges[0]" in out and "0 valid, 2 invalid" in out

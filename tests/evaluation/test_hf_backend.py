@@ -93,3 +93,29 @@ def test_prompt_longer_than_the_context_fails_with_a_reason(nano_llama):
     long = GenerationRequest([{"role": "user", "content": "word " * 600}], max_new_tokens=8)
     out = backend.generate([requests()[0], long])
     assert out[0].ok and out[1].status == "failed" and out[1].reason.startswith("prompt too long")
+
+
+def test_threads_option_applies_only_while_generating(nano_llama):
+    import torch
+
+    torch.set_num_threads(2)
+    seen = []
+    backend = HFBackend(str(nano_llama), threads=1)
+    backend._generate_batch = lambda reqs, prompts: seen.append(torch.get_num_threads()) or []
+    backend.generate(requests()[:1])
+    assert seen == [1] and torch.get_num_threads() == 2
+
+
+def test_hub_revision_resolves_offline_from_the_local_hf_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from robalign.evaluation.hf_backend import hub_revision
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert hub_revision("org/name", sha) == sha  # pinned: used as is
+    assert hub_revision("org/name", None) == "main"  # nothing cached: the name, documented as loose
+    refs = tmp_path / "models--org--name" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(sha + "\n")
+    assert hub_revision("org/name", None) == sha

@@ -134,6 +134,10 @@ def _ci(report, metric: str) -> str:
     return f"[{low:.3f}, {high:.3f}]"
 
 
+def _p(p: float) -> str:
+    return "<1e-300" if p == 0 else f"{p:.2g}"  # a double underflows below ~1e-308
+
+
 def _print_agreement(reports, level: float) -> None:
     pct = f"{level:.0%}"
     print(f"{'judge':<22} {'n':>5}  {'accuracy ' + pct + ' CI':<26} {'kappa ' + pct + ' CI':<26} "
@@ -141,7 +145,7 @@ def _print_agreement(reports, level: float) -> None:
     for r in reports:
         k = r.kappa
         print(f"{r.name[:22]:<22} {r.n:>5}  {r.accuracy:.3f} {_ci(r, 'accuracy'):<20} {k.kappa:.3f} {_ci(r, 'kappa'):<20} "
-              f"{k.se:>6.3f} {k.z:>7.2f} {k.p:>9.2g}  {r.macro_f1:.3f} {_ci(r, 'macro_f1'):<20} {r.alpha:>6.3f}  "
+              f"{k.se:>6.3f} {k.z:>7.2f} {_p(k.p):>9}  {r.macro_f1:.3f} {_ci(r, 'macro_f1'):<20} {r.alpha:>6.3f}  "
               f"{r.not_gold_label or '-'}")
     for r in reports:
         width = max(8, *(len(x) for x in r.labels))
@@ -164,12 +168,12 @@ def _select(args) -> int:
     result = select_judge(control, judges, args.out, cache, n_boot=args.n_boot, seed=args.seed)
     wf.write_json(Path(args.out) / "run.json", {"run": wf.run_record(args), "judges_file": str(args.judges),
                                                 "control_set": str(args.control_set), "rows": len(control)})
-    print(f"{'rank':<5} {'judge':<40} {'kappa':>6}  {'95% CI':<18} {'accuracy':>8}  unparsed")
+    print(f"{'rank':<5} {'judge':<40} {'kappa':>6}  {'95% CI':<18} {'accuracy':>8}  unparsed  failed")
     for i, entry in enumerate(result["ranking"], 1):
         a = entry["agreement"]
         low, high = a["ci"].get("kappa", [float("nan")] * 2)
         print(f"{i:<5} {entry['name'][:40]:<40} {a['kappa']['kappa']:>6.3f}  [{low:.3f}, {high:.3f}]   "
-              f"{a['accuracy']:>8.3f}  {entry['verdicts']['unparsed']}")
+              f"{a['accuracy']:>8.3f}  {entry['verdicts']['unparsed']:>8}  {entry['verdicts']['failed']:>6}")
         if entry["generation"]:
             print(f"      {_summary_line(entry['generation'])}")
     print(f"winner: {result['winner']['name']} -> {Path(args.out) / 'winner.json'}")

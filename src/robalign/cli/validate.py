@@ -1,8 +1,29 @@
-"""robalign validate FILE.yaml ... : parse and check configs without running anything."""
+"""robalign validate FILE.yaml ... : parse and check configs without running anything.
+
+The kind of config is told by its top-level keys: a ``judges:`` list is a judge-candidate
+file (``robalign judge select``); anything else is a training config.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def _validate_one(path: Path) -> None:
+    import yaml
+
+    from robalign.config import ConfigError, TrainConfig, load_config, validate_train_config
+
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict) and "judges" in data:
+        from robalign.evaluation.selection import load_judge_list
+
+        load_judge_list(path)
+        return
+    validate_train_config(load_config(TrainConfig, path))
 
 
 def add_arguments(p) -> None:
@@ -10,7 +31,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from robalign.config import ConfigError, TrainConfig, load_config, validate_train_config
+    from robalign.errors import UserError
 
     files = []
     for name in args.files:
@@ -19,9 +40,9 @@ def run(args) -> int:
     failed = 0
     for path in files:
         try:
-            validate_train_config(load_config(TrainConfig, path))
+            _validate_one(path)
             print(f"ok      {path}")
-        except ConfigError as exc:
+        except UserError as exc:
             failed += 1
             print(f"invalid {path}: {exc}")
     print(f"{len(files) - failed} valid, {failed} invalid")

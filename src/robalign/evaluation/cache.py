@@ -238,5 +238,6 @@ class CachedBackend:
 
 
 def _reason_class(reason: str) -> str:
-    # "http 429 after 3 attempts" -> "http 429": groups failures for the summary line
-    return reason.split(" after ")[0][:80] or "unknown"
+    # "http 429 after 3 attempts" -> "http 429", "http 400: {detail}" -> "http 400": groups
+    # failures for the summary line; each row keeps its full reason
+    return reason.split(" after ")[0].split(":")[0][:60] or "unknown"

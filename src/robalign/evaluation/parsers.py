@@ -89,6 +89,7 @@ class JudgeTemplate:
 
 TEMPLATES: dict[str, JudgeTemplate] = {
     "bias": JudgeTemplate("bias", templates.BIAS, parse_bias, BIAS_LABELS, 256),
+    "bias-compact": JudgeTemplate("bias-compact", templates.BIAS_COMPACT, parse_bias, BIAS_LABELS, 16),
     "misunderstanding": JudgeTemplate(
         "misunderstanding", templates.MISUNDERSTANDING, parse_misunderstanding, ("R", "M"), 192
     ),

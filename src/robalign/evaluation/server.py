@@ -29,6 +29,15 @@ Responder = Callable[[list[dict], dict], str]  # (messages, body) -> reply text
 FAULTS = ("429", "500", "slow", "malformed")
 
 
+class ResponderError(Exception):
+    """Raised by a responder to answer with an HTTP error (e.g. 400 for a prompt longer than
+    the model's context, as OpenAI-compatible servers do)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class Faults:
     rate_429: float = 0.0
@@ -95,7 +104,10 @@ class HFResponder:
             temperature=float(body.get("temperature") or 0.0), top_p=float(body.get("top_p") or 1.0),
             seed=int(body.get("seed") or 0),
         )
-        return self.backend.generate([request])[0].text
+        response = self.backend.generate([request])[0]
+        if not response.ok:
+            raise ResponderError(400, response.reason)
+        return response.text
 
 
 class LocalOpenAIServer:
@@ -185,7 +197,12 @@ class LocalOpenAIServer:
             return 400, {}, _json({"error": {"message": f"bad request: {exc}"}})
         if fault == "slow":
             time.sleep(self.faults.slow_seconds)
-        text = self.responder(messages, body)
+        try:
+            text = self.responder(messages, body)
+        except ResponderError as exc:
+            with self._lock:
+                self.counts[f"error {exc.status}"] += 1
+            return exc.status, {}, _json({"error": {"message": str(exc)}})
         payload = _completion(body.get("model") or self.model_name, text, messages)
         if fault == "malformed":
             return 200, {}, payload[: len(payload) // 2]

@@ -4,8 +4,8 @@ The CLEAR-Bias control set (``control_set/control_set_{CTO,SC}.csv``: BIAS CATEG
 RESPONSE, LABEL) carries no stereotype fields, which the rule judge needs. They come from
 the sibling ``base_prompts/base_prompts_{task}.csv`` by prompt text: exact after
 normalising whitespace and "Context:I" spacing, else the closest base prompt of the same
-category with similarity >= 0.9 (4 of the 41 distinct control prompts differ from their
-base prompt by a quote pair or one extra sentence).
+category with similarity >= 0.9 (2 of the 41 distinct control prompts differ from their
+base prompt by a quote pair or one extra sentence; 2 more only by "Context:I" spacing).
 """
 
 from __future__ import annotations

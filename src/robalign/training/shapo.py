@@ -52,8 +52,9 @@ def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dic
 
     Metrics: TRL names at θ (as a plain step would log them) plus ``shapo/loss_gain`` =
     L(θ+ε) − L(θ) (≈ ρ‖M⊙g‖ = ``shapo/first_order_gain`` for small ρ), ``shapo/eps_norm`` (‖ε‖
-    actually applied to the weights), ``shapo/eps_norm_autocast`` (the part that survives rounding
-    the perturbed weights to the autocast dtype), ``shapo/grad_norm_masked``, ``shapo/mask_params``.
+    actually applied to the weights), ``shapo/eps_autocast_moved`` (share of masked coordinates
+    whose autocast-dtype value the perturbation changes), ``shapo/grad_norm_masked``,
+    ``shapo/mask_params``.
     A non-finite ‖M⊙g‖ skips the perturbation with a warning and leaves a non-finite gradient in
     the masked tensors, so the trainer's finiteness check skips the optimizer step.
     """
@@ -66,8 +67,9 @@ def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dic
     sync_off = accelerator.no_sync(model) if accelerator is not None else nullcontext()
     with sync_off, _only_masked_grads(model, mask):
         base = accumulate_gradients(model, micro_batches, reference, settings, accelerator, autocast_dtype)
-    g = torch.cat([_slice(e, e.param.grad).float().flatten() if e.param.grad is not None
-                   else torch.zeros(e.numel, device=device) for e in mask.entries])
+    dtype = _working_dtype(mask)
+    g = torch.cat([_slice(e, e.param.grad).to(dtype).flatten() if e.param.grad is not None
+                   else torch.zeros(e.numel, device=device, dtype=dtype) for e in mask.entries])
     if accelerator is not None and accelerator.num_processes > 1:
         g = accelerator.reduce(g, reduction="mean")
     grad_norm = torch.linalg.vector_norm(g)
@@ -113,6 +115,11 @@ def _only_masked_grads(model, mask: ParameterMask):
             p.requires_grad_(True)
 
 
+def _working_dtype(mask: ParameterMask) -> torch.dtype:
+    """fp32 for fp32 / bf16 / fp16 weights (the master-weight precision); fp64 if any weight is fp64."""
+    return torch.float64 if any(e.param.dtype == torch.float64 for e in mask.entries) else torch.float32
+
+
 def _slice(e: MaskedTensor, t: torch.Tensor) -> torch.Tensor:
     return t if e.axis is None else t.index_select(e.axis, e.index)
 
@@ -134,11 +141,11 @@ def _scatter(e: MaskedTensor, chunk: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _perturb(mask: ParameterMask, eps: torch.Tensor) -> list[torch.Tensor]:
-    """θ_M += ε in fp32; returns the original values of every perturbed slice."""
+    """θ_M += ε in ε's precision (fp32, or fp64 for fp64 weights); returns the original slices."""
     saved = []
     for e, chunk in _chunks(mask, eps):
         old = _slice(e, e.param.detach()).clone()
-        new = (old.float() + chunk.view(old.shape)).to(old.dtype)
+        new = (old.to(eps.dtype) + chunk.view(old.shape)).to(old.dtype)
         if e.axis is None:
             e.param.copy_(new)
         else:
@@ -158,16 +165,17 @@ def _restore(mask: ParameterMask, saved: list[torch.Tensor]) -> None:
 
 @torch.no_grad()
 def _applied_norms(mask: ParameterMask, saved: list[torch.Tensor], autocast_dtype) -> dict[str, float]:
-    """‖θ+ε − θ‖ as stored, and as autocast matmuls see it (perturbed and old weights rounded)."""
-    total = rounded = torch.zeros((), device=saved[0].device)
+    """‖θ+ε − θ‖ as stored and, under autocast, the share of masked coordinates whose value in the
+    autocast dtype changes at all (a bf16 matmul sees nothing of a change below half a bf16 step)."""
+    total = moved = torch.zeros((), device=saved[0].device, dtype=torch.float64)
     for e, old in zip(mask.entries, saved):
         new = _slice(e, e.param.detach())
-        total = total + (new.float() - old.float()).pow(2).sum()
+        total = total + (new.double() - old.double()).pow(2).sum()
         if autocast_dtype is not None:
-            rounded = rounded + (new.to(autocast_dtype).float() - old.to(autocast_dtype).float()).pow(2).sum()
+            moved = moved + (new.to(autocast_dtype) != old.to(autocast_dtype)).sum()
     out = {"shapo/eps_norm": total.sqrt().item()}
     if autocast_dtype is not None:
-        out["shapo/eps_norm_autocast"] = rounded.sqrt().item()
+        out["shapo/eps_autocast_moved"] = moved.item() / mask.numel
     return out
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from robalign.errors import UserError
-from robalign.models.layers import down_projections, neuron_parameters
+from robalign.models.layers import MLP_DOWN_PROJECTION, down_projections, neuron_parameters
 
 MASK_FORMAT = "robalign-subspace-mask/1"
 SELECTIONS = ("top", "bottom", "random", "uniform")
@@ -91,7 +91,6 @@ class SubspaceMask:
             tensors[f"neurons.{layer}"] = idx.to(torch.int64).contiguous()
         for layer, s in enumerate(self.scores or []):
             tensors[f"scores.{layer}"] = s.float().contiguous()
-        tensors["format"] = torch.zeros(1)  # safetensors refuses an empty file (uniform masks)
         save_file(tensors, str(out / "mask.safetensors"), metadata={"format": MASK_FORMAT})
         (out / "mask.json").write_text(json.dumps({"format": MASK_FORMAT, **self.info}, indent=2))
         return out
@@ -119,10 +118,10 @@ def build_mask(model, fraction: float, select: str, seed: int = 0, vector: torch
     """Score (top / bottom need ``vector``), select and describe a mask for ``model``."""
     dps = down_projections(model)
     info = {"select": select, "seed": seed, "fraction": fraction, "model_type": model.config.model_type,
-            "layers": len(dps), "d_ff": [dp.d_ff for dp in dps], "module": dps[0].name.split(".", 2)[-1],
+            "layers": len(dps), "d_ff": [dp.d_ff for dp in dps], "module": MLP_DOWN_PROJECTION[model.config.model_type],
             **(metadata or {})}
     if select == UNIFORM:
-        return SubspaceMask(None, None, info | {"k": None})
+        return SubspaceMask(None, None, info | {"k": None, "fraction": 1.0})
     if select in ("top", "bottom"):
         if vector is None:
             raise UserError(f"--select {select} ranks neurons by the probe: give --probe DIR (from `robalign probe`)")
@@ -203,3 +202,85 @@ def resolve_parameter_mask(model, mask: SubspaceMask | str | Path, model_fingerp
 def fraction_of_parameters(mask: ParameterMask, model) -> float:
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return mask.numel / total if total else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Figure 1: how much of the worst-case loss increase does a neuron set account for?
+# --------------------------------------------------------------------------------------------
+#
+# Perturbing only the neurons in S by ε with ‖ε‖₂ ≤ ρ raises the loss, to first order, by at most
+# ρ·‖g_S‖ (ε = ρ·g_S/‖g_S‖, Cauchy–Schwarz), where g_S is the gradient restricted to the columns
+# of S. Relative to perturbing every MLP neuron, the first-order share is ‖g_S‖ / ‖g_all‖; the
+# measured share replaces both by actual loss increases L(θ + ε_S) − L(θ).
+
+
+def neuron_gradients(model) -> list[torch.Tensor]:
+    """Per layer, (d_ff, d_model) gradient of each neuron's down-projection vector (from .grad)."""
+    out = []
+    for dp in down_projections(model):
+        if dp.weight.grad is None:
+            raise UserError(f"{dp.name} has no gradient; back-propagate a loss with the weights trainable first")
+        g = dp.weight.grad.detach().float()
+        out.append(g.T if dp.neuron_axis == 1 else g)
+    return out
+
+
+def first_order_share(neuron_sq_norms: torch.Tensor, chosen: torch.Tensor) -> float:
+    """‖g_S‖ / ‖g_all‖ = sqrt(Σ_{j∈S} ‖g_j‖² / Σ_j ‖g_j‖²). Both arguments (N,): norms², bool mask."""
+    total = neuron_sq_norms.sum()
+    return math.sqrt((neuron_sq_norms[chosen].sum() / total).item()) if total > 0 else math.nan
+
+
+@torch.no_grad()
+def perturbed_loss(model, grads: list[torch.Tensor], chosen: list[torch.Tensor], rho: float, loss_fn) -> float:
+    """loss_fn() at θ + ε_S, ε_S = ρ·g_S/‖g_S‖ over the neurons ``chosen`` (per layer index tensors); θ restored."""
+    norm = math.sqrt(sum(g[idx].pow(2).sum().item() for g, idx in zip(grads, chosen)))
+    views = [dp.weight.detach().T if dp.neuron_axis == 1 else dp.weight.detach() for dp in down_projections(model)]
+    saved = [view[idx].clone() for view, idx in zip(views, chosen)]  # (k, d_model) per layer
+    try:
+        for view, g, idx in zip(views, grads, chosen):
+            if idx.numel() and norm > 0:
+                view[idx] += ((rho / norm) * g[idx]).to(view.dtype)  # (d_ff, d_model) view: writes the weight
+        return float(loss_fn())
+    finally:
+        for view, idx, old in zip(views, chosen, saved):
+            view[idx] = old
+
+
+def share_curves(model, scores: list[torch.Tensor] | None, fractions: list[float], loss_fn, rho: float,
+                 random_seeds: int = 3) -> dict:
+    """For each fraction: first-order and measured shares of Top-K, Bottom-K (need ``scores``),
+    Random-K (mean/min/max over seeds) and the gradient oracle (the first-order-best K neurons).
+
+    Needs the loss gradient in ``.grad`` of every down-projection; ``loss_fn()`` evaluates L(θ).
+    """
+    grads = neuron_gradients(model)
+    sq = torch.cat([g.pow(2).sum(-1) for g in grads])  # (total neurons,)
+    sizes = [g.shape[0] for g in grads]
+    base = float(loss_fn())
+    everything = [torch.arange(n) for n in sizes]
+    full_gain = perturbed_loss(model, grads, everything, rho, loss_fn) - base
+
+    def measure(chosen: list[torch.Tensor]) -> tuple[float, float]:
+        flat = torch.cat([torch.zeros(n, dtype=torch.bool).index_fill_(0, i, True) for n, i in zip(sizes, chosen)])
+        gain = perturbed_loss(model, grads, chosen, rho, loss_fn) - base
+        return first_order_share(sq, flat), gain / full_gain if full_gain != 0 else math.nan
+
+    rows = []
+    oracle_scores = list(sq.split(sizes))
+    for fraction in fractions:
+        row = {"fraction": fraction, "k": subspace_size(fraction, sq.numel())}
+        kinds = {"oracle": select_neurons(oracle_scores, fraction, "top")}
+        if scores is not None:
+            kinds |= {"top": select_neurons(scores, fraction, "top"), "bottom": select_neurons(scores, fraction, "bottom")}
+        for kind, chosen in kinds.items():
+            row[f"{kind}_first_order"], row[f"{kind}_measured"] = measure(chosen)
+        randoms = [measure(select_neurons(oracle_scores, fraction, "random", seed)) for seed in range(random_seeds)]
+        for j, name in enumerate(("first_order", "measured")):
+            values = [r[j] for r in randoms]
+            row |= {f"random_{name}": sum(values) / len(values), f"random_{name}_min": min(values),
+                    f"random_{name}_max": max(values)}
+        rows.append(row)
+    return {"rho": rho, "loss": base, "loss_gain_all_neurons": full_gain,
+            "first_order_gain_all_neurons": rho * sq.sum().sqrt().item(), "total_neurons": int(sq.numel()),
+            "rows": rows}

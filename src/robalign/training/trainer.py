@@ -115,7 +115,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     from transformers import get_scheduler
 
     t, out = config.training, Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision="no")  # bf16 is explicit autocast, master weights fp32
+    # bf16 is explicit autocast with fp32 master weights. cpu=True on accelerator-less machines lets
+    # `torchrun --nproc_per_node N` give data-parallel CPU training on gloo.
+    accelerator = Accelerator(mixed_precision="no", cpu=torch.accelerator.current_accelerator() is None)
     resume_from = _prepare_output_dir(out, resume, overwrite) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1 and resume:
