@@ -144,3 +144,13 @@ def test_cli_train_and_errors(tmp_path, nano_llama, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "loss.losses={dpoo: 1}"]) == 2
     assert "Did you mean 'dpo'" in capsys.readouterr().err
+
+
+def test_tensorboard_sink_writes_events(tmp_path, nano_llama):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(make_config(tmp_path, nano_llama, "training.report_to=[tensorboard]", "training.save_model=false"))
+    events = EventAccumulator(str(result.output_dir / "tensorboard")).Reload()
+    assert {"rewards/margins", "loss", "eval/rewards/accuracies"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
