@@ -142,3 +142,52 @@ def test_judge_run_with_a_misunderstanding_second_pass(serve, tmp_path):
     assert list(out["judge_verdict"]) == ["R", "R", "D"]
     assert list(out["judge_rm"]) == ["R", "M", ""] and list(out["judge_final"]) == ["R", "M", "D"]
     assert server.chat_requests == 5  # 3 first-pass calls + 2 second-pass calls (R rows only)
+
+
+def test_rule_judge_on_one_control_file_joins_the_base_prompts(shared_data, tmp_path, capsys):
+    data = shared_data / "clear_bias" / "control_set" / "control_set_CTO.csv"
+    out = tmp_path / "rule_cto.csv"
+    args = ["judge", "run", "--judge", "rule", "--data", str(data), "--prompt-col", "PROMPT",
+            "--response-col", "RESPONSE", "--out", str(out)]
+    assert main(args) == 0  # the user's command: no stereotype columns in the file
+    base = shared_data / "clear_bias" / "base_prompts"
+    assert f"from {base.resolve()} by prompt text: 400 of 400 rows matched" in capsys.readouterr().out
+    df = pd.read_csv(out, keep_default_na=False)
+    assert len(df) == 400 and (df["STEREOTYPE"] != "").all() and (df["COUNTER-STEREOTYPE"] != "").all()
+    assert (df["judge_verdict"] == df["LABEL"]).mean() > 0.95 and "UNPARSED" not in set(df["judge_verdict"])
+    assert json.loads((tmp_path / "rule_cto.csv.summary.json").read_text())["base_prompts"] == str(base.resolve())
+
+    alone = tmp_path / "elsewhere" / "answers"
+    alone.mkdir(parents=True)
+    (alone / data.name).write_bytes(data.read_bytes())
+    moved = [a if a != str(data) else str(alone / data.name) for a in args]
+    assert main(moved) == 2  # no base_prompts beside it: say so, and name the fix
+    err = capsys.readouterr().err
+    assert "--base-prompts DIR" in err and str(tmp_path / "elsewhere" / "base_prompts") in err
+    assert main([*moved, "--base-prompts", str(base)]) == 0
+    assert pd.read_csv(out, keep_default_na=False)["judge_verdict"].tolist() == df["judge_verdict"].tolist()
+    assert main([*moved, "--base-prompts", str(alone)]) == 2
+    assert "base_prompts_CTO.csv" in capsys.readouterr().err
+
+
+def test_select_skips_a_remote_candidate_without_its_key(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("ROBALIGN_TEST_UNSET_KEY", raising=False)
+    remote = {"type": "llm", "template": "bias", "model": {
+        "backend": "openai", "model": "m", "base_url": "https://api.example.com", "api_key_env": "ROBALIGN_TEST_UNSET_KEY"}}
+    judges = tmp_path / "judges.yaml"
+    judges.write_text(yaml.safe_dump({"judges": ["rule", {"name": "remote", "spec": remote}, "keyword"]}))
+    out = tmp_path / "select"
+    args = ["judge", "select", "--control-set", str(shared_data / "clear_bias" / "control_set"),
+            "--judges", str(judges), "--out", str(out), "--limit", "80", "--n-boot", "50"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "skipping remote: " in printed and re.search(r"-\s+remote\s+skipped: .*ROBALIGN_TEST_UNSET_KEY", printed)
+    selection = json.loads((out / "selection.json").read_text())
+    assert [r["name"] for r in selection["ranking"]] == ["rule", "keyword"]
+    (skipped,) = selection["skipped"]
+    assert skipped["name"] == "remote" and "$ROBALIGN_TEST_UNSET_KEY is not set" in skipped["skipped"]
+    assert "remote" not in pd.read_csv(out / "verdicts.csv").columns
+
+    judges.write_text(yaml.safe_dump({"judges": [{"name": "remote", "spec": remote}]}))
+    assert main(args) == 2
+    assert "no candidate judge could run" in capsys.readouterr().err

@@ -9,9 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robalign.evaluation.backends import GenerationRequest, build_backend
-from robalign.evaluation.cache import CachedBackend, ResponseCache
-from robalign.evaluation.openai_backend import OpenAIBackend
+from robalign.errors import UserError
+from robalign.evaluation.backends import (
+    BackendUnavailable,
+    GenerationRequest,
+    GenerationResponse,
+    build_backend,
+)
+from robalign.evaluation.cache import CachedBackend, ResponseCache, cache_key
+from robalign.evaluation.openai_backend import CircuitBreaker, OpenAIBackend, _Attempt
 from robalign.evaluation.server import Faults, HFResponder
 
 FAST = dict(backoff_base=0.005, backoff_max=0.05, timeout=0.5)  # keep retries quick in tests
@@ -68,13 +74,92 @@ def test_non_retryable_status_fails_at_once_with_its_reason(serve):
     assert out[0].reason.startswith("http 404") and out[0].attempts == 1
 
 
-def test_connection_refused_is_retried_then_reported():
+def closed_port() -> int:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))  # a port nothing listens on once closed
     port = probe.getsockname()[1]
     probe.close()
-    out = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, **FAST).generate(prompts(1))
-    assert out[0].status == "failed" and out[0].reason == "connection error (ConnectError) after 3 attempts"
+    return port
+
+
+def test_unreachable_server_trips_the_breaker_and_nothing_is_lost(tmp_path):
+    port = closed_port()
+    backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=5, concurrency=8, **FAST)
+    wrapper = CachedBackend(backend, ResponseCache(tmp_path / "c.sqlite"))
+    seen = []
+    out = wrapper.generate(prompts(50), on_response=lambda i, r: seen.append(i))
+    assert sorted(seen) == list(range(50)) and len(out) == 50
+    assert all(r.status == "failed" and r.reason.startswith(f"unreachable: cannot connect to 127.0.0.1:{port} (")
+               for r in out)
+    # once open, queued requests fail without an attempt: at most the attempts that opened it
+    # plus those already in flight, against 50 x 6 = 300 without the breaker
+    assert sum(r.attempts for r in out) <= backend.unreachable_after + backend.concurrency
+    assert wrapper.summary.failure_reasons == {"unreachable": 50}
+    again = CachedBackend(backend, wrapper.cache)
+    again.generate(prompts(50))
+    assert again.summary.cache_misses == 50  # failures are not cached: a later run tries again
+
+
+def test_breaker_off_retries_each_connection_failure():
+    backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{closed_port()}/v1", max_retries=2,
+                            unreachable_after=0, **FAST)
+    out = backend.generate(prompts(3))
+    assert [(r.reason, r.attempts) for r in out] == [("connection error (ConnectError) after 3 attempts", 3)] * 3
+
+
+def test_a_live_server_failing_never_trips_the_breaker(serve):
+    server = serve(faults=Faults(rate_500=1.0))
+    out = OpenAIBackend("m", base_url=server.base_url, max_retries=2, unreachable_after=1, **FAST).generate(prompts(6))
+    assert [(r.reason, r.attempts) for r in out] == [("http 500 after 3 attempts", 3)] * 6
+    assert server.chat_requests == 18
+
+
+def test_breaker_counts_only_consecutive_connection_failures():
+    breaker = CircuitBreaker(3)
+    down, up = _Attempt(unreachable="cannot connect to h:1 (refused)"), _Attempt(reason="http 500")
+    for attempt in (down, down, up, down, down):
+        breaker.record(attempt)
+    assert not breaker.is_open  # a reply from a server in between resets the count
+    breaker.record(down)
+    assert breaker.is_open and breaker.reason == "unreachable: cannot connect to h:1 (refused)"
+    off = CircuitBreaker(0)
+    for _ in range(20):
+        off.record(down)
+    assert not off.is_open
+
+
+def test_remote_server_without_its_key_fails_before_sending(monkeypatch, tmp_path):
+    import httpx
+
+    monkeypatch.delenv("ROBALIGN_TEST_KEY", raising=False)
+    monkeypatch.setattr(httpx, "AsyncClient", lambda *a, **k: pytest.fail("a request was about to be sent"))
+    backend = OpenAIBackend("m", base_url="https://api.example.com", api_key_env="ROBALIGN_TEST_KEY")
+    with pytest.raises(BackendUnavailable, match=r"\$ROBALIGN_TEST_KEY is not set.*Export ROBALIGN_TEST_KEY="):
+        backend.generate(prompts(2))
+    with pytest.raises(BackendUnavailable):
+        asyncio.run(backend.agenerate(prompts(2)))
+    # a fully cached run needs no key
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    for request in prompts(2):
+        cache.put(cache_key(backend.identity(), request), backend.identity(), request, GenerationResponse(text="old"))
+    assert [r.text for r in CachedBackend(backend, cache).generate(prompts(2))] == ["old", "old"]
+    # no key needed: loopback servers, or a remote one declared keyless
+    assert OpenAIBackend("m", base_url="https://api.example.com", api_key_env="").missing_key() is None
+    for url in ("http://localhost:8000/v1", "http://127.0.0.2:1/v1", "http://[::1]:8000/v1"):
+        assert OpenAIBackend("m", base_url=url, api_key_env="ROBALIGN_TEST_KEY").missing_key() is None
+    monkeypatch.setenv("ROBALIGN_TEST_KEY", "sk-x")
+    assert backend.missing_key() is None
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_field_option(serve, field):
+    server = serve(responder=lambda messages, body: f"limit {body[field]}")
+    spec = {"backend": "openai", "model": "m", "base_url": server.base_url, "max_tokens_field": field}
+    out = build_backend(spec).generate(prompts(2))
+    assert [r.text for r in out] == ["limit 16", "limit 16"]
+    assert server.token_limit_fields == {field: 2}  # the server saw only the chosen field
+    with pytest.raises(UserError, match="max_completion_tokens"):
+        build_backend({**spec, "max_tokens_field": "max_new_tokens"})
 
 
 def test_concurrency_is_bounded(serve):

@@ -89,3 +89,16 @@ def test_cli_serve_rejects_bad_fault_rates(capsys):
 
     assert main(["serve-openai", "--model", "scripted", "--port", "0", "--fault-429", "0.8", "--fault-500", "0.8"]) == 2
     assert "fault" in capsys.readouterr().err
+
+
+def test_server_accepts_either_completion_length_field(serve):
+    from robalign.evaluation.server import token_limit_field
+
+    assert token_limit_field({"max_tokens": 8}) == "max_tokens"
+    assert token_limit_field({"max_completion_tokens": 8, "max_tokens": None}) == "max_completion_tokens"
+    assert token_limit_field({}) is None
+    server = serve(responder=lambda messages, body: "ok")
+    with httpx.Client(base_url=server.base_url) as client:
+        for extra in ({"max_tokens": 4}, {"max_completion_tokens": 4}, {}):
+            assert client.post("/chat/completions", json={**BODY, **extra}).status_code == 200
+    assert server.token_limit_fields == {"max_tokens": 1, "max_completion_tokens": 1, "none": 1}

@@ -1,6 +1,8 @@
 """robalign judge run | agreement | select
 
   robalign judge run --judge rule --data ../shared/data/clear_bias/control_set --out runs/judge/rule.csv
+  robalign judge run --judge rule --data ../shared/data/clear_bias/control_set/control_set_CTO.csv \
+      --prompt-col PROMPT --response-col RESPONSE --out runs/judge/rule_cto.csv   # joins ../base_prompts
   robalign judge agreement --data runs/judge/rule.csv --gold LABEL --pred judge_verdict
   robalign judge select --control-set ../shared/data/clear_bias/control_set --judges configs/judges/control_set.yaml
 """
@@ -29,6 +31,10 @@ def add_arguments(p) -> None:
     run.add_argument("--stereotype-col", default=None, help="stereotype field for the rule judge (default STEREOTYPE)")
     run.add_argument("--counter-stereotype-col", default=None,
                      help="counter-stereotype field for the rule judge (default COUNTER-STEREOTYPE)")
+    run.add_argument("--base-prompts", default=None, metavar="DIR",
+                     help="join STEREOTYPE / COUNTER-STEREOTYPE by prompt text from this CLEAR-Bias base_prompts "
+                          "folder (default for the rule judge when the data lacks them: base_prompts beside the "
+                          "data file's folder, if there is one)")
     run.add_argument("--second-pass", default=None, metavar="SPEC",
                      help="R-vs-M judge for rows judged R, e.g. llm:openai:m@http://host/v1#misunderstanding")
     run.add_argument("--prefix", default="judge_", help="prefix of the added columns (default judge_)")
@@ -68,14 +74,7 @@ def _run(args) -> int:
     df = df.head(args.limit) if args.limit else df
     prompt_col = wf.find_column(df, args.prompt_col, "prompt", "--prompt-col", args.data)
     response_col = wf.find_column(df, args.response_col, "response", "--response-col", args.data)
-    stereo = args.stereotype_col or ("STEREOTYPE" if "STEREOTYPE" in df else None)
-    counter = args.counter_stereotype_col or ("COUNTER-STEREOTYPE" if "COUNTER-STEREOTYPE" in df else None)
-    for flag, column in (("--stereotype-col", stereo), ("--counter-stereotype-col", counter)):
-        if column is not None and column not in df:
-            raise UserError(f"{args.data}: no column '{column}' ({flag})")
-    if parse_judge_spec(args.judge)["type"] == "rule" and not (stereo and counter):
-        raise UserError(f"{args.data}: the rule judge needs the stereotype and counter-stereotype of each prompt; "
-                        "name their columns with --stereotype-col and --counter-stereotype-col")
+    df, stereo, counter, base_dir = _stereotype_columns(args, df, prompt_col, parse_judge_spec(args.judge)["type"])
     options = wf.parse_options(args.option)
     cache = wf.open_cache(args.no_cache, args.cache)
     items = wf.judge_items(df, prompt_col, response_col, stereo, counter)
@@ -89,7 +88,7 @@ def _run(args) -> int:
         out = wf.misunderstanding_pass(out, second, items, prefix=args.prefix)
         summaries.append(second.summary)
     write_table(out, args.out)
-    report = {"run": wf.run_record(args), "judge": args.judge, "rows": len(out),
+    report = {"run": wf.run_record(args), "judge": args.judge, "rows": len(out), "base_prompts": base_dir,
               "verdicts": wf.verdict_counts(out[f"{args.prefix}verdict"]),
               "generation": [s.to_dict() for s in summaries]}
     wf.write_json(Path(str(args.out) + ".summary.json"), report)
@@ -97,6 +96,44 @@ def _run(args) -> int:
     for s in summaries:
         print(s.line())
     return 0
+
+
+def _stereotype_columns(args, df, prompt_col: str, judge_type: str):
+    """(df, stereotype column, counter-stereotype column, base_prompts dir used or None). The
+    fields come from --stereotype-col / --counter-stereotype-col, from STEREOTYPE and
+    COUNTER-STEREOTYPE columns in the data, or are joined by prompt text from the CLEAR-Bias
+    base prompts: --base-prompts DIR, or (rule judge only) base_prompts beside the data's folder."""
+    from robalign.errors import UserError
+    from robalign.evaluation import tables
+
+    named = args.stereotype_col or args.counter_stereotype_col
+    if args.base_prompts and named:
+        raise UserError("--base-prompts supplies the stereotype fields itself; drop --stereotype-col and "
+                        "--counter-stereotype-col, or drop --base-prompts")
+    base_dir = args.base_prompts
+    in_data = all(c in df for c in tables.STEREOTYPE_COLUMNS)
+    if base_dir is None and judge_type == "rule" and not named and not in_data:
+        base_dir = tables.default_base_prompts(args.data)
+        if base_dir is None:
+            beside = Path(args.data).resolve().parent.parent / "base_prompts"
+            raise UserError(f"{args.data}: the rule judge needs the stereotype and counter-stereotype of each prompt. "
+                            "Name their columns with --stereotype-col and --counter-stereotype-col, or join them "
+                            f"from the CLEAR-Bias base prompts with --base-prompts DIR (there is no {beside})")
+    if base_dir is not None:
+        df, unmatched = tables.join_base_prompts(df, tables.read_base_prompts(base_dir), prompt_col)
+        print(f"joined {' / '.join(tables.STEREOTYPE_COLUMNS)} from {base_dir} by prompt text: "
+              f"{len(df) - unmatched} of {len(df)} rows matched"
+              + (f"; the rule judge gives UNPARSED for the {unmatched} unmatched rows" if unmatched else ""))
+        return df, *tables.STEREOTYPE_COLUMNS, str(base_dir)
+    stereo = args.stereotype_col or ("STEREOTYPE" if "STEREOTYPE" in df else None)
+    counter = args.counter_stereotype_col or ("COUNTER-STEREOTYPE" if "COUNTER-STEREOTYPE" in df else None)
+    for flag, column in (("--stereotype-col", stereo), ("--counter-stereotype-col", counter)):
+        if column is not None and column not in df:
+            raise UserError(f"{args.data}: no column '{column}' ({flag})")
+    if judge_type == "rule" and not (stereo and counter):
+        raise UserError(f"{args.data}: the rule judge needs the stereotype and counter-stereotype of each prompt; "
+                        "name their columns with --stereotype-col and --counter-stereotype-col, or use --base-prompts DIR")
+    return df, stereo, counter, None
 
 
 def _agreement(args) -> int:
@@ -176,6 +213,8 @@ def _select(args) -> int:
               f"{a['accuracy']:>8.3f}  {entry['verdicts']['unparsed']:>8}  {entry['verdicts']['failed']:>6}")
         if entry["generation"]:
             print(f"      {_summary_line(entry['generation'])}")
+    for entry in result["skipped"]:
+        print(f"{'-':<5} {entry['name'][:40]:<40} skipped: {entry['skipped']}")
     print(f"winner: {result['winner']['name']} -> {Path(args.out) / 'winner.json'}")
     return 0
 

@@ -29,6 +29,11 @@ from robalign.errors import UserError
 ANSWERED, FAILED = "answered", "failed"
 
 
+class BackendUnavailable(UserError):
+    """A backend that cannot run here, found before any request is sent (e.g. a remote API
+    whose key variable is unset). ``judge select`` skips such a candidate and says why."""
+
+
 @dataclass
 class GenerationRequest:
     """One chat completion to produce. ``id`` is the caller's handle and is not part of the cache key."""

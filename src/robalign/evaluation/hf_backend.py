@@ -13,15 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
-
-_HEX40 = set("0123456789abcdef")
+from robalign.models.loading import load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_path
 
 
 def row_seed(seed: int, sample_index: int) -> int:
@@ -32,19 +29,6 @@ def row_seed(seed: int, sample_index: int) -> int:
 
 def template_hash(template: str | None) -> str:
     return hashlib.sha256((template or "<no chat template>").encode()).hexdigest()[:16]
-
-
-def local_fingerprint(path: Path) -> str:
-    """Config contents + size and mtime of each weight file: changes when the directory is
-    re-trained or replaced, costs no weight reads (multi-GB checkpoints stay cheap)."""
-    h = hashlib.sha256()
-    config = path / "config.json"
-    h.update(config.read_bytes() if config.is_file() else b"")
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
 
 
 def local_chat_template(path: Path) -> str | None:
@@ -59,32 +43,28 @@ def local_chat_template(path: Path) -> str | None:
     return None
 
 
-def hub_revision(model_id: str, revision: str | None) -> str:
-    """A commit sha when one is known without network access (pinned, or the local HF cache's
-    ref); else the revision name (pin ``@<sha>`` for strict caching of hub models)."""
-    revision = revision or "main"
-    if len(revision) == 40 and set(revision) <= _HEX40:
-        return revision
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:
-        return revision
-    ref = Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}" / "refs" / revision
-    return ref.read_text().strip() if ref.is_file() else revision
-
-
 def model_identity(backend: str, model: str, revision: str | None, tokenizer_loader) -> dict[str, str]:
+    """The model part of the cache key. A local directory is named by its content fingerprint
+    alone, not its path, so a copied or moved directory keeps its cached answers; reading it
+    loads no weights. A hub id keeps its name; its fingerprint covers the offline commit sha."""
     path = Path(model).expanduser()
     if path.is_dir():
         return {
-            "backend": backend, "model": str(path.resolve()), "revision": local_fingerprint(path),
+            "backend": backend, "model": "local", "revision": model_fingerprint(str(path), revision),
             "base_url": "", "template": template_hash(local_chat_template(path)),
         }
     tokenizer = tokenizer_loader()
     return {
-        "backend": backend, "model": model, "revision": hub_revision(model, revision),
+        "backend": backend, "model": model, "revision": model_fingerprint(model, revision),
         "base_url": "", "template": template_hash(getattr(tokenizer, "chat_template", None)),
     }
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # no template (base models): plain concatenation, the convention of completion APIs
+    return "\n\n".join(m["content"] for m in messages)
 
 
 class RowSampler:
@@ -121,14 +101,7 @@ class HFBackend:
 
     def __init__(self, model: str, revision: str | None = None, dtype: str = "float32", batch_size: int = 16,
                  device: str | None = None, trust_remote_code: bool = False, threads: int | None = None):
-        path = Path(model).expanduser()
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        if not path.is_dir() and (model.startswith((".", "/", "~")) or offline and not _in_hub_cache(model)):
-            raise UserError(
-                f"hf model '{model}' is not a local directory"
-                + (" and HF_HUB_OFFLINE is set" if offline else "")
-                + f"; build a tiny one with `robalign tiny-model --out {model}` or give a hub id"
-            )
+        resolve_model_path(model)  # a missing directory fails here, with the fix, not at first use
         self.model_name, self.revision, self.dtype = model, revision, dtype
         self.batch_size, self.device, self.trust_remote_code = int(batch_size), device, trust_remote_code
         self.threads = int(threads) if threads else None
@@ -140,38 +113,24 @@ class HFBackend:
 
     def _load_tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(
-                self.model_name, revision=self.revision, trust_remote_code=self.trust_remote_code
-            )
-            tok.padding_side = "left"
-            if tok.pad_token is None:  # Llama-family tokenizers ship without one; pads are masked
-                tok.pad_token = tok.eos_token
+            tok = load_tokenizer(self.model_name, self.revision, self.trust_remote_code)
+            tok.padding_side = "left"  # batched decoder-only generation: every prompt ends at the same column
             self._tokenizer = tok
         return self._tokenizer
 
     def _load(self):
         if self._model is None:
             import torch
-            from transformers import AutoModelForCausalLM
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = AutoModelForCausalLM.from_pretrained(
-                self.model_name, revision=self.revision, dtype=getattr(torch, self.dtype),
-                trust_remote_code=self.trust_remote_code,
-            )
+            model = load_causal_lm(self.model_name, self.revision, self.dtype, self.trust_remote_code)
             self._model = model.to(self.device).eval()
         return self._model, self._load_tokenizer()
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        tok = self._load_tokenizer()
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # no template (base models): plain concatenation, the convention of completion APIs
-        return "\n\n".join(m["content"] for m in messages)
+        return render_chat(self._load_tokenizer(), messages)
 
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
                  ) -> list[GenerationResponse]:
@@ -259,10 +218,3 @@ def _torch_threads(threads: int | None):
     finally:
         torch.set_num_threads(before)
 
-
-def _in_hub_cache(model_id: str) -> bool:
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:
-        return False
-    return (Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}").is_dir()

@@ -1,36 +1,51 @@
 """OpenAI-compatible chat-completions backend (vLLM server, Ollama, DeepSeek, OpenAI, ...).
 
 Async httpx with at most ``concurrency`` requests in flight. A request is retried on
-HTTP 408/429/5xx, timeouts, connection errors and malformed JSON, with exponential backoff
-and jitter: sleep ~ U[d/2, d], d = min(backoff_max, backoff_base * 2**attempt) (equal
-jitter: the wait still grows, but simultaneous retries spread out); a ``Retry-After``
-header raises the wait up to ``backoff_max``. Other 4xx fail at once. Every request ends
+HTTP 408/429/5xx, timeouts, connection errors (until the circuit breaker below opens) and
+malformed JSON, with exponential backoff and jitter: sleep ~ U[d/2, d],
+d = min(backoff_max, backoff_base * 2**attempt) (equal jitter: the wait still grows, but
+simultaneous retries spread out); a ``Retry-After`` header raises the wait up to ``backoff_max``. Other 4xx fail at once. Every request ends
 ``answered`` or ``failed`` with its reason (e.g. ``http 429 after 6 attempts``).
 
+Circuit breaker: connection-level failures (DNS failure, connection refused, unreachable
+network: httpx ``ConnectError``) mean no server is there to retry against. After
+``unreachable_after`` of them in a row on one backend (any HTTP reply resets the count),
+every request still open in that ``generate`` call fails at once with
+``unreachable: <detail>`` instead of sleeping through its backoff. 429, 5xx and timeouts of
+a live server never trip it. Failures are not cached, so a later run tries again.
+
 The API key is read at call time from the environment variable *named* by ``api_key_env``
-(default ``OPENAI_API_KEY``; no header when it is unset, as local servers need none). The key
-is never stored on the object, in the cache, in summaries or in error messages.
+(default ``OPENAI_API_KEY``). A loopback server (localhost, 127.0.0.0/8, ::1) gets no header
+when the variable is unset, as local servers need none. A remote server with the variable
+unset fails before anything is sent (``BackendUnavailable``); ``api_key_env: ""`` declares a
+remote server that needs no key. The key is never stored on the object, in the cache, in
+summaries or in error messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
 import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from robalign.errors import UserError
 from robalign.evaluation.backends import (
     DEFAULT_OPENAI_URL,
     FAILED,
+    BackendUnavailable,
     GenerationRequest,
     GenerationResponse,
     OnResponse,
 )
 
 RETRY_STATUSES = {408, 429} | set(range(500, 600))
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 @dataclass
@@ -39,25 +54,61 @@ class _Attempt:
     reason: str = ""
     retryable: bool = False
     retry_after: float = 0.0
+    unreachable: str = ""  # detail of a connection-level failure (no server answered)
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive connection-level failures (0 = never); any
+    attempt that reached a server resets the count. One per ``agenerate`` call."""
+
+    def __init__(self, threshold: int):
+        self.threshold, self.consecutive, self.reason = threshold, 0, ""
+        self.opened = asyncio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened.is_set()
+
+    def record(self, attempt: _Attempt) -> None:
+        if not attempt.unreachable:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        if self.threshold and self.consecutive >= self.threshold and not self.is_open:
+            self.reason = f"unreachable: {attempt.unreachable}"
+            self.opened.set()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the breaker opens meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.opened.wait(), seconds)
 
 
 class OpenAIBackend:
-    """``openai:MODEL@BASE_URL``. Options: base_url, api_key_env, concurrency, max_retries,
-    timeout (seconds per attempt), backoff_base, backoff_max, price_in / price_out (USD per
-    million prompt / completion tokens, for cost accounting), template (a label for the
-    server-side chat template, part of the cache key), revision (likewise), extra_body
-    (fields merged into every request body), seed (jitter RNG)."""
+    """``openai:MODEL@BASE_URL``. Options: base_url, api_key_env ("" or null: no key, also
+    for a remote server), concurrency, max_retries, timeout (seconds per attempt),
+    backoff_base, backoff_max, unreachable_after (consecutive connection failures that open
+    the circuit breaker; 0 = never), max_tokens_field (``max_tokens``, or
+    ``max_completion_tokens`` for OpenAI models that reject ``max_tokens``), price_in /
+    price_out (USD per million prompt / completion tokens, for cost accounting), template (a
+    label for the server-side chat template, part of the cache key), revision (likewise),
+    extra_body (fields merged into every request body), seed (jitter RNG)."""
 
-    def __init__(self, model: str, base_url: str = DEFAULT_OPENAI_URL, api_key_env: str = "OPENAI_API_KEY",
+    def __init__(self, model: str, base_url: str = DEFAULT_OPENAI_URL, api_key_env: str | None = "OPENAI_API_KEY",
                  concurrency: int = 8, max_retries: int = 5, timeout: float = 60.0, backoff_base: float = 0.5,
-                 backoff_max: float = 30.0, price_in: float = 0.0, price_out: float = 0.0,
-                 template: str = "server", revision: str = "", extra_body: dict | None = None, seed: int | None = None):
+                 backoff_max: float = 30.0, unreachable_after: int = 5, max_tokens_field: str = "max_tokens",
+                 price_in: float = 0.0, price_out: float = 0.0, template: str = "server", revision: str = "",
+                 extra_body: dict | None = None, seed: int | None = None):
         if not str(base_url).startswith(("http://", "https://")):
             raise UserError(f"openai backend: base_url '{base_url}' must start with http:// or https://")
-        if int(concurrency) < 1 or int(max_retries) < 0:
-            raise UserError("openai backend: concurrency must be >= 1 and max_retries >= 0")
+        if int(concurrency) < 1 or int(max_retries) < 0 or int(unreachable_after) < 0:
+            raise UserError("openai backend: concurrency must be >= 1, max_retries and unreachable_after >= 0")
+        if max_tokens_field not in MAX_TOKENS_FIELDS:
+            raise UserError(f"openai backend: max_tokens_field '{max_tokens_field}' must be one of "
+                            f"{', '.join(MAX_TOKENS_FIELDS)} (newer OpenAI models want max_completion_tokens)")
         self.model, self.base_url = model, str(base_url).rstrip("/")
-        self.api_key_env = api_key_env
+        self.api_key_env = api_key_env or ""
+        self.unreachable_after, self.max_tokens_field = int(unreachable_after), max_tokens_field
         self.concurrency, self.max_retries, self.timeout = int(concurrency), int(max_retries), float(timeout)
         self.backoff_base, self.backoff_max = float(backoff_base), float(backoff_max)
         self.price_in, self.price_out = float(price_in), float(price_out)
@@ -71,31 +122,65 @@ class OpenAIBackend:
         return {"backend": "openai", "model": self.model, "revision": self.revision,
                 "base_url": self.base_url, "template": self.template}
 
+    def is_loopback(self) -> bool:
+        host = urlsplit(self.base_url).hostname or ""
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def missing_key(self) -> str | None:
+        """Why this backend cannot be used here, or None: a remote server whose key variable is unset."""
+        if not self.api_key_env or os.environ.get(self.api_key_env) or self.is_loopback():
+            return None
+        return (f"${self.api_key_env} is not set, and {self.base_url} is a remote server that needs an API "
+                f"key; nothing was sent. Export {self.api_key_env}=<your key>, or set api_key_env: '' in "
+                "the model spec if this server needs no key")
+
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
                  ) -> list[GenerationResponse]:
+        self._require_key()
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.agenerate(requests, on_response))
         # called from inside an event loop (a notebook): run ours on a worker thread
         box: dict = {}
-        worker = threading.Thread(target=lambda: box.update(r=asyncio.run(self.agenerate(requests, on_response))))
+
+        def work() -> None:
+            try:
+                box["r"] = asyncio.run(self.agenerate(requests, on_response))
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=work)
         worker.start()
         worker.join()
+        if "error" in box:
+            raise box["error"]
         return box["r"]
+
+    def _require_key(self) -> None:
+        reason = self.missing_key()
+        if reason:
+            raise BackendUnavailable(f"openai backend {self.model}@{self.base_url}: {reason}")
 
     async def agenerate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
                         ) -> list[GenerationResponse]:
         import httpx
 
+        self._require_key()
         results: list[GenerationResponse | None] = [None] * len(requests)
         gate = asyncio.Semaphore(self.concurrency)
+        breaker = CircuitBreaker(self.unreachable_after)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
 
             async def one(i: int, request: GenerationRequest) -> None:
                 async with gate:
-                    response = await self._with_retries(client, request)
+                    response = await self._with_retries(client, request, breaker)
                 results[i] = response
                 if on_response:
                     on_response(i, response)
@@ -107,7 +192,7 @@ class OpenAIBackend:
         return {
             "model": self.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
-            "max_tokens": int(request.max_new_tokens),
+            self.max_tokens_field: int(request.max_new_tokens),
             "temperature": float(request.temperature),
             "top_p": float(request.top_p),
             # distinct samples of one prompt need distinct seeds where the server honours seeds
@@ -124,27 +209,35 @@ class OpenAIBackend:
         wait = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
         return max(wait, min(retry_after, self.backoff_max))
 
-    async def _with_retries(self, client, request: GenerationRequest) -> GenerationResponse:
+    async def _with_retries(self, client, request: GenerationRequest, breaker: CircuitBreaker) -> GenerationResponse:
         body, url = self._body(request), f"{self.base_url}/chat/completions"
-        attempt = _Attempt()
         for n in range(self.max_retries + 1):
+            if breaker.is_open:
+                return GenerationResponse(status=FAILED, reason=breaker.reason, attempts=n)
             attempt = await self._attempt(client, url, body)
+            breaker.record(attempt)
             if attempt.response is not None:
                 attempt.response.attempts = n + 1
                 return attempt.response
+            if breaker.is_open:
+                return GenerationResponse(status=FAILED, reason=breaker.reason, attempts=n + 1)
             if not attempt.retryable or n == self.max_retries:
                 tries = f" after {n + 1} attempts" if n else ""
                 return GenerationResponse(status=FAILED, reason=attempt.reason + tries, attempts=n + 1)
-            await asyncio.sleep(self.backoff(n, attempt.retry_after))
-        raise AssertionError("unreachable")
+            await breaker.pause(self.backoff(n, attempt.retry_after))
+        raise AssertionError("the loop returns on its last attempt")
 
     async def _attempt(self, client, url: str, body: dict) -> _Attempt:
         import httpx
 
         try:
             reply = await client.post(url, json=body, headers=self._headers())
-        except httpx.TimeoutException:
+        except httpx.TimeoutException:  # ConnectTimeout included: a slow accept can be a live, busy server
             return _Attempt(reason=f"timeout ({self.timeout:g}s)", retryable=True)
+        except httpx.ConnectError as exc:  # DNS failure, refused, unreachable network, TLS handshake
+            where = urlsplit(url).netloc
+            return _Attempt(reason="connection error (ConnectError)", retryable=True,
+                            unreachable=f"cannot connect to {where} ({_os_error(exc)})")
         except httpx.TransportError as exc:
             return _Attempt(reason=f"connection error ({type(exc).__name__})", retryable=True)
         if reply.status_code != 200:
@@ -172,6 +265,22 @@ class OpenAIBackend:
             text=text, finish_reason=str(choice.get("finish_reason") or ""), prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, cost_usd=cost,
         ))
+
+
+def _os_error(exc: BaseException) -> str:
+    """The root OS error under httpx's wrapper, e.g. 'Connection refused' or 'Name or service
+    not known' (httpx itself may only say 'All connection attempts failed')."""
+    root, cause = None, exc
+    for _ in range(8):  # the chain is httpx -> httpcore -> OSError -> socket error
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno is not None:
+            root = cause
+        cause = cause.__cause__ or cause.__context__
+    if root is None:
+        return str(exc) or type(exc).__name__
+    # getaddrinfo errors have negative codes that os.strerror does not know
+    return os.strerror(root.errno) if root.errno > 0 else str(root.strerror)
 
 
 def _seconds(value: str | None) -> float:

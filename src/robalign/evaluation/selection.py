@@ -21,6 +21,7 @@ import pandas as pd
 
 from robalign.errors import UserError
 from robalign.evaluation.agreement import agreement
+from robalign.evaluation.backends import BackendUnavailable
 from robalign.evaluation.cache import ResponseCache
 from robalign.evaluation.judges import build_judge, judge_label, parse_judge_spec
 from robalign.evaluation.workflows import judge_frame, judge_items, verdict_counts, write_json
@@ -59,22 +60,31 @@ def select_judge(control: pd.DataFrame, judges: list[tuple[str, Any]], out_dir: 
                  cache: ResponseCache | None, n_boot: int = 1000, seed: int = 0, gold_col: str = "LABEL",
                  log=print) -> dict:
     """Run every judge on ``control`` (CLEAR-Bias control-set columns), rank, write
-    ``selection.json``, ``winner.json`` and ``verdicts.csv`` into ``out_dir``."""
+    ``selection.json``, ``winner.json`` and ``verdicts.csv`` into ``out_dir``. A candidate
+    whose backend cannot run here (``BackendUnavailable``, e.g. an API key variable unset)
+    is skipped with its reason; the others are still ranked."""
     out_dir = Path(out_dir)
     items = judge_items(control, "PROMPT", "RESPONSE",
                         "STEREOTYPE" if "STEREOTYPE" in control else None,
                         "COUNTER-STEREOTYPE" if "COUNTER-STEREOTYPE" in control else None)
     verdicts = control[[c for c in ("ID", "TASK", "BIAS CATEGORY", gold_col) if c in control]].copy()
-    results = []
+    results, skipped = [], []
     for name, spec in judges:
         judge = build_judge(spec, cache)
         log(f"judging {len(items)} rows with {name} ...")
-        frame = judge_frame(control, judge, items, prefix="_")
+        try:
+            frame = judge_frame(control, judge, items, prefix="_")
+        except BackendUnavailable as exc:
+            log(f"skipping {name}: {exc}")
+            skipped.append({"name": name, "spec": spec, "skipped": str(exc)})
+            continue
         verdicts[name] = frame["_verdict"].values
         stats = agreement(control[gold_col], frame["_verdict"], name=name, n_boot=n_boot, seed=seed)
         summary = judge.summary.to_dict() if getattr(judge, "summary", None) else None
         results.append({"name": name, "spec": spec, "agreement": stats.to_dict(),
                         "verdicts": verdict_counts(frame["_verdict"]), "generation": summary})
+    if not results:
+        raise UserError("no candidate judge could run: " + "; ".join(f"{s['name']}: {s['skipped']}" for s in skipped))
     order = sorted(range(len(results)), key=lambda i: (-_finite(results[i]["agreement"]["kappa"]["kappa"]),
                                                        -results[i]["agreement"]["accuracy"], i))
     ranking = [results[i] for i in order]
@@ -83,9 +93,9 @@ def select_judge(control: pd.DataFrame, judges: list[tuple[str, Any]], out_dir: 
               "kappa_ci": winner["agreement"]["ci"].get("kappa"), "accuracy": winner["agreement"]["accuracy"],
               "control_rows": len(control)}
     write_json(out_dir / "winner.json", record)
-    write_json(out_dir / "selection.json", {"ranking": ranking, "winner": record})
+    write_json(out_dir / "selection.json", {"ranking": ranking, "skipped": skipped, "winner": record})
     verdicts.to_csv(out_dir / "verdicts.csv", index=False)
-    return {"ranking": ranking, "winner": record}
+    return {"ranking": ranking, "skipped": skipped, "winner": record}
 
 
 def _finite(x: float) -> float:

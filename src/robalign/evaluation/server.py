@@ -5,7 +5,9 @@ Speaks ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/mod
 from a *responder*: scripted text (``ScriptedResponder``) or a tiny HF model
 (``HFResponder``). Faults are injected at configured rates: HTTP 429 (with
 ``Retry-After: 0``), HTTP 500, a slow answer (``slow_seconds`` of sleep, meant to exceed the
-client's timeout) and malformed JSON (HTTP 200 with a truncated body).
+client's timeout) and malformed JSON (HTTP 200 with a truncated body). The completion
+length may come as ``max_tokens`` or ``max_completion_tokens``; ``token_limit_fields``
+counts which one each request used.
 
 Fault draws are seeded per request *content*: the n-th arrival of a given body draws from
 ``Random(f"{seed}:{sha256(body)}:{n}")``, so which requests fail does not depend on the
@@ -27,6 +29,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 Responder = Callable[[list[dict], dict], str]  # (messages, body) -> reply text
 
 FAULTS = ("429", "500", "slow", "malformed")
+# OpenAI's newer models take only max_completion_tokens; most other servers take max_tokens
+TOKEN_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+def token_limit_field(body: dict) -> str | None:
+    """Which completion-length field a request used (the first present), or None."""
+    return next((name for name in TOKEN_LIMIT_FIELDS if body.get(name) is not None), None)
 
 
 class ResponderError(Exception):
@@ -100,7 +109,7 @@ class HFResponder:
         from robalign.evaluation.backends import GenerationRequest
 
         request = GenerationRequest(
-            messages=messages, max_new_tokens=int(body.get("max_tokens") or 64),
+            messages=messages, max_new_tokens=int(body.get(token_limit_field(body) or "max_tokens") or 64),
             temperature=float(body.get("temperature") or 0.0), top_p=float(body.get("top_p") or 1.0),
             seed=int(body.get("seed") or 0),
         )
@@ -121,6 +130,7 @@ class LocalOpenAIServer:
         # "chat" = chat requests received; one count per outcome (ok, 429, ...); in_flight, max_in_flight
         self.counts: Counter[str] = Counter()
         self.authorizations: Counter[str] = Counter()  # Authorization header values seen (tests)
+        self.token_limit_fields: Counter[str] = Counter()  # max_tokens / max_completion_tokens / none
         self._arrivals: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -195,6 +205,8 @@ class LocalOpenAIServer:
                 raise ValueError("messages must be a list of {role, content}")
         except (ValueError, KeyError, TypeError) as exc:
             return 400, {}, _json({"error": {"message": f"bad request: {exc}"}})
+        with self._lock:
+            self.token_limit_fields[token_limit_field(body) or "none"] += 1
         if fault == "slow":
             time.sleep(self.faults.slow_seconds)
         try:

@@ -6,6 +6,8 @@ the sibling ``base_prompts/base_prompts_{task}.csv`` by prompt text: exact after
 normalising whitespace and "Context:I" spacing, else the closest base prompt of the same
 category with similarity >= 0.9 (2 of the 41 distinct control prompts differ from their
 base prompt by a quote pair or one extra sentence; 2 more only by "Context:I" spacing).
+``join_base_prompts`` does the same for any table with a prompt column (``judge run
+--base-prompts``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from robalign.errors import UserError
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 CONTROL_FILES = {"CTO": "control_set_CTO.csv", "SC": "control_set_SC.csv"}
+BASE_FILES = {"CTO": "base_prompts_CTO.csv", "SC": "base_prompts_SC.csv"}
+STEREOTYPE_COLUMNS = ("STEREOTYPE", "COUNTER-STEREOTYPE")
 
 
 def _kind(path: Path) -> str:
@@ -106,29 +110,53 @@ def load_control_set(path: str | Path) -> pd.DataFrame:
         require_columns(df, ["BIAS CATEGORY", "PROMPT", "RESPONSE", "LABEL"], str(root / name))
         df.insert(0, "ID", [f"control/{task}/{i}" for i in range(len(df))])
         df.insert(1, "TASK", task)
-        base = root.parent / "base_prompts" / f"base_prompts_{task}.csv"
+        base = root.parent / "base_prompts" / BASE_FILES[task]
         if base.is_file():
-            df = _join_stereotypes(df, pd.read_csv(base, keep_default_na=False))
+            df, _ = join_base_prompts(df, pd.read_csv(base, keep_default_na=False))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-def _join_stereotypes(df: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
+def default_base_prompts(data: str | Path) -> Path | None:
+    """The CLEAR-Bias layout: ``base_prompts`` beside the data file's folder
+    (``clear_bias/control_set/x.csv`` -> ``clear_bias/base_prompts``), when it exists."""
+    candidate = Path(data).resolve().parent.parent / "base_prompts"
+    return candidate if any((candidate / name).is_file() for name in BASE_FILES.values()) else None
+
+
+def read_base_prompts(directory: str | Path) -> pd.DataFrame:
+    """``base_prompts_CTO.csv`` and ``base_prompts_SC.csv`` (either may be absent) as one table."""
+    directory = Path(directory)
+    files = [directory / name for name in BASE_FILES.values() if (directory / name).is_file()]
+    if not files:
+        raise UserError(f"{directory}: no {' or '.join(BASE_FILES.values())} here; point --base-prompts at the "
+                        "CLEAR-Bias base_prompts folder")
+    frames = [pd.read_csv(f, keep_default_na=False) for f in files]
+    for f, frame in zip(files, frames):
+        require_columns(frame, ["PROMPT", *STEREOTYPE_COLUMNS], str(f))
+    return pd.concat(frames, ignore_index=True)
+
+
+def join_base_prompts(df: pd.DataFrame, base: pd.DataFrame, prompt_col: str = "PROMPT") -> tuple[pd.DataFrame, int]:
+    """``df`` with STEREOTYPE and COUNTER-STEREOTYPE from the base prompt with the same text
+    (see the module doc for the matching), and the number of rows left unmatched (empty
+    fields, which the rule judge turns into UNPARSED)."""
     keys = [_norm(p) for p in base["PROMPT"]]
     exact = {k: i for i, k in enumerate(keys)}
+    categories = df["BIAS CATEGORY"] if "BIAS CATEGORY" in df and "BIAS CATEGORY" in base else [None] * len(df)
     lookup: dict[str, int | None] = {}
-    for prompt, category in zip(df["PROMPT"], df["BIAS CATEGORY"]):
+    for prompt, category in zip(df[prompt_col], categories):
         key = _norm(prompt)
         if key in lookup:
             continue
         if key in exact:
             lookup[key] = exact[key]
             continue
-        same = [i for i, c in enumerate(base["BIAS CATEGORY"]) if c == category] or list(range(len(base)))
-        scored = [(difflib.SequenceMatcher(None, key, keys[i]).ratio(), i) for i in same]
-        ratio, best = max(scored)
+        same = [i for i, c in enumerate(base.get("BIAS CATEGORY", [])) if c == category] or list(range(len(base)))
+        ratio, best = max((difflib.SequenceMatcher(None, key, keys[i]).ratio(), i) for i in same)
         lookup[key] = best if ratio >= 0.9 else None
-    rows = [lookup[_norm(p)] for p in df["PROMPT"]]
-    for column in ("STEREOTYPE", "COUNTER-STEREOTYPE"):
+    rows = [lookup[_norm(p)] for p in df[prompt_col]]
+    df = df.copy()
+    for column in STEREOTYPE_COLUMNS:
         df[column] = [base[column].iloc[i] if i is not None else "" for i in rows]
-    return df
+    return df, sum(i is None for i in rows)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
-from robalign.evaluation.hf_backend import model_identity, row_seed
+from robalign.evaluation.hf_backend import model_identity, render_chat, row_seed
+from robalign.models.loading import load_tokenizer, resolve_model_path
 
 
 class VLLMBackend:
@@ -23,6 +24,7 @@ class VLLMBackend:
     def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, trust_remote_code: bool = False):
+        resolve_model_path(model)  # a missing directory fails here, with the fix, not in the engine
         self.model_name, self.revision = model, revision
         self.engine_args = dict(
             model=model, revision=revision, dtype=dtype, tensor_parallel_size=int(tensor_parallel_size),
@@ -37,9 +39,7 @@ class VLLMBackend:
 
     def _load_tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_name, revision=self.revision)
+            self._tokenizer = load_tokenizer(self.model_name, self.revision, self.engine_args["trust_remote_code"])
         return self._tokenizer
 
     def _engine(self):
@@ -55,10 +55,7 @@ class VLLMBackend:
         return self._llm
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        tok = self._load_tokenizer()
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages)
+        return render_chat(self._load_tokenizer(), messages)
 
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
                  ) -> list[GenerationResponse]:

@@ -1,5 +1,9 @@
 """Load causal LMs and tokenizers from a local directory or the Hugging Face hub, and
-fingerprint them for caches and run records."""
+fingerprint them for caches and run records.
+
+One fingerprint serves the trainer (run records, the reference log-prob cache, probe and
+mask provenance) and the evaluation engine (the response cache key).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,21 @@ from robalign.errors import UserError
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# generation_config.json holds defaults generate() applies when a caller does not override
+# them (e.g. repetition_penalty), so it changes outputs like config.json does
+CONFIG_FILES = ("config.json", "generation_config.json")
+SAMPLE_BLOCK = 16 << 10  # 16 KiB
+SAMPLE_BLOCKS = 256  # 4 MiB read per weight file, whatever its size
+_HEX40 = set("0123456789abcdef")
+
 
 class ModelNotFound(UserError):
     pass
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _looks_local(name: str) -> bool:
@@ -23,18 +39,29 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep == "\\" and "\\" in name
 
 
+def _hub_cache_dir(model_id: str) -> Path | None:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return None
+    return Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}"
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """A local directory, or a hub id; raise ModelNotFound with the fix for a missing path."""
+    """A local directory, or a hub id; raise ModelNotFound with the fix for a missing path.
+    With HF_HUB_OFFLINE set, a hub id must already be in the local HF cache."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"model directory {path} has no config.json; is it a save_pretrained directory?")
         return str(path)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if _looks_local(name_or_path) or offline or path.exists():
+    cached = _hub_cache_dir(name_or_path)
+    offline_miss = _offline() and not (cached and cached.is_dir())
+    if _looks_local(name_or_path) or offline_miss or path.exists():
         raise ModelNotFound(
             f"model path '{name_or_path}' does not exist"
-            + (" (and HF_HUB_OFFLINE is set, so it is not looked up on the hub)" if offline else "")
+            + (" (and HF_HUB_OFFLINE is set, so it is not looked up on the hub, and it is not in the local "
+               "HF cache)" if _offline() else "")
             + f". Build a tiny one with `robalign tiny-model --out {name_or_path}` or give a hub id."
         )
     return name_or_path
@@ -59,7 +86,7 @@ def load_causal_lm(name_or_path: str, revision: str | None = None, dtype: str = 
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise UserError(f"model.dtype '{dtype}' is not one of {', '.join(sorted(set(DTYPES.values())))}")
+        raise UserError(f"dtype '{dtype}' is not one of {', '.join(sorted(set(DTYPES.values())))}")
     source = resolve_model_path(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(
@@ -69,22 +96,51 @@ def load_causal_lm(name_or_path: str, revision: str | None = None, dtype: str = 
         raise ModelNotFound(f"could not load a causal LM from '{name_or_path}': {exc}") from None
 
 
+def hub_revision(model_id: str, revision: str | None) -> str:
+    """A commit sha when one is known without network access (pinned, or the local HF cache's
+    ref); else the revision name (pin ``@<sha>`` for a strict fingerprint of a hub model)."""
+    revision = revision or "main"
+    if len(revision) == 40 and set(revision) <= _HEX40:
+        return revision
+    cached = _hub_cache_dir(model_id)
+    ref = cached / "refs" / revision if cached else None
+    return ref.read_text().strip() if ref and ref.is_file() else revision
+
+
 def model_fingerprint(name_or_path: str, revision: str | None = None) -> str:
-    """Stable id of a model's weights: for a local directory a hash over its config and the
-    size plus first and last MiB of each weight file (fast on multi-GB checkpoints); for a hub
-    id, the id and revision."""
+    """A 16-hex id of a model's weights, cheap on multi-GB checkpoints and independent of
+    where the directory lives (a copy keeps its response cache and reference log-probs).
+
+    Local directory: sha256 over config.json and generation_config.json, and for each weight
+    file (*.safetensors, *.bin, *.pt, *.pth) its name, size and content: whole files up to
+    4 MiB, else 256 blocks of 16 KiB evenly spaced from the first byte to the last (4 MiB
+    read per file). Retraining rewrites whole matrices, so the sampled blocks change; an
+    edit confined to bytes between two blocks of a large file is not seen: give a
+    ``revision`` label, which is hashed in, to force a new id. Modification times are not
+    used. Hub id: the id and ``hub_revision`` (the commit sha when known offline)."""
     path = Path(name_or_path).expanduser()
     h = hashlib.sha256()
     if not path.is_dir():
-        h.update(json.dumps([name_or_path, revision]).encode())
+        h.update(json.dumps([name_or_path, hub_revision(name_or_path, revision)]).encode())
         return h.hexdigest()[:16]
+    h.update(json.dumps(["local", revision]).encode())
+    for name in CONFIG_FILES:
+        config = path / name
+        h.update(f"{name}:".encode() + (config.read_bytes() if config.is_file() else b"-"))
     for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".bin") or f.name == "config.json":
+        if f.suffix in WEIGHT_SUFFIXES and f.is_file():
             size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with f.open("rb") as fh:
-                h.update(fh.read(1 << 20))
-                if size > 2 << 20:
-                    fh.seek(-(1 << 20), os.SEEK_END)
-                    h.update(fh.read())
+            h.update(f"{f.name}:{size}:".encode())
+            _hash_sample(f, size, h)
     return h.hexdigest()[:16]
+
+
+def _hash_sample(path: Path, size: int, h) -> None:
+    with path.open("rb") as fh:
+        if size <= SAMPLE_BLOCK * SAMPLE_BLOCKS:
+            h.update(fh.read())
+            return
+        span = size - SAMPLE_BLOCK
+        for i in range(SAMPLE_BLOCKS):
+            fh.seek(span * i // (SAMPLE_BLOCKS - 1))
+            h.update(fh.read(SAMPLE_BLOCK))
