@@ -1,7 +1,7 @@
 """Run by test_ddp_shapo.py under `torchrun --nproc_per_node 2` (gloo, CPU): one ShaPO step on
 each rank's half of 8 pairs, counting DDP's gradient all-reduces. Rank 0 saves the results.
 
-    torchrun --nproc_per_node 2 tests/shapo/ddp_worker.py MODEL_DIR OUT_DIR
+    PYTHONPATH=tests/shapo torchrun --standalone --nproc_per_node 2 tests/shapo/ddp_worker.py MODEL_DIR OUT_DIR
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
 from shapo_helpers import grads, make_setup, settings
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
+from robalign.data.tokenize import collate_pairs
 from robalign.models.tiny import build_tokenizer
 from robalign.training.shapo import shapo_step
 from robalign.training.step import accumulate_gradients
@@ -22,7 +22,7 @@ from robalign.training.subspace import build_mask, resolve_parameter_mask
 
 
 def main(model_dir: str, out_dir: str) -> None:
-    accelerator = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    accelerator = Accelerator(cpu=True)
     rank, world = accelerator.process_index, accelerator.num_processes
     assert world == 2 and accelerator.distributed_type.value == "MULTI_CPU"
     setup = make_setup(model_dir, build_tokenizer())  # identical on both ranks (seeded)
@@ -37,9 +37,9 @@ def main(model_dir: str, out_dir: str) -> None:
 
     model.register_comm_hook(None, counting_hook)
     local = setup.pairs[rank * 4 : (rank + 1) * 4]  # rank r holds pairs 4r .. 4r+3, two micro-batches of 2
-    from robalign.data.tokenize import collate_pairs
-
     micro = [collate_pairs(local[i : i + 2], setup.pad) for i in (0, 2)]
+    # DDP re-buckets its gradients after the first backward; count only once the buckets are final
+    accumulate_gradients(model, micro, setup.reference, settings(), accelerator)
     results = {}
     for aggregation in ("mean", "drdpo"):
         model.zero_grad(set_to_none=True)

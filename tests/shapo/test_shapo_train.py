@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,8 +107,28 @@ def test_config_validation_and_shipped_configs(tmp_path, nano_llama, capsys):
             config(tmp_path, nano_llama, bad)
     with pytest.raises(UserError, match="not a subspace mask"):
         train(config(tmp_path, nano_llama, f"training.shapo.mask={tmp_path}", "training.max_steps=1"))
-    from pathlib import Path
-
     shipped = sorted(Path(__file__).resolve().parents[2].glob("configs/train/shapo_*.yaml"))
     assert len(shipped) >= 3
     assert main(["validate", *map(str, shipped)]) == 0
+
+
+def test_resume_replays_shapo_steps_exactly(tmp_path, nano_llama, top_mask):
+    """Resuming from the step-3 checkpoint of a k = 2 run reproduces steps 4-6 (ShaPO at 5)."""
+
+    straight = train(config(tmp_path, nano_llama, f"training.shapo.mask={top_mask}", "training.shapo.interval=2",
+                            "training.max_steps=6", "training.save_steps=3", "training.save_total_limit=5",
+                            "training.lr_scheduler=linear", name="straight"))
+    shutil.copytree(straight.output_dir, tmp_path / "resumed")
+    cfg = config(tmp_path, nano_llama, f"training.shapo.mask={top_mask}", "training.shapo.interval=2",
+                 "training.max_steps=6", "training.save_steps=3", "training.save_total_limit=5",
+                 "training.lr_scheduler=linear", name="resumed")
+    resumed = train(cfg, resume=True)
+    assert json.loads((resumed.output_dir / "run_info.json").read_text())["resumed_from"][-1].endswith("step-000003")
+    assert len([r for r in metric_lines(resumed) if "grad_norm" in r]) == 6  # steps 4-6 replaced, not appended
+    rows = {r["step"]: r for r in metric_lines(resumed) if "grad_norm" in r}
+    expected = {r["step"]: r for r in metric_lines(straight) if "grad_norm" in r}
+    assert sorted(rows) == list(range(1, 7)) and "shapo/loss_gain" in rows[5] and "shapo/loss_gain" not in rows[4]
+    for step in (4, 5, 6):
+        for key in ("loss", "grad_norm", "shapo/loss_gain"):
+            if key in expected[step]:
+                assert rows[step][key] == pytest.approx(expected[step][key], abs=1e-6), (step, key)

@@ -80,7 +80,7 @@ def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dic
                       "follow (the gradient left in .grad is non-finite)", stacklevel=2)
         for (e, chunk), old in zip(_chunks(mask, g), stashed):
             e.param.grad = _scatter(e, chunk) + (old if old is not None else 0)
-        return base | info | {"shapo/skipped": 1.0, "shapo/loss_gain": float("nan"), "shapo/eps_norm": 0.0}
+        return base | info | {"shapo/skipped": 1.0, "shapo/eps_norm": 0.0}
     for e, old in zip(mask.entries, stashed):
         e.param.grad = old
     eps = g * (rho / grad_norm) if grad_norm > 0 else torch.zeros_like(g)
