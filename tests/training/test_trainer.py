@@ -154,3 +154,22 @@ def test_tensorboard_sink_writes_events(tmp_path, nano_llama):
     events = EventAccumulator(str(result.output_dir / "tensorboard")).Reload()
     assert {"rewards/margins", "loss", "eval/rewards/accuracies"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_non_finite_gradients_skip_the_step_and_leave_weights_alone(tmp_path, nano_llama):
+    """A poisoned weight makes every gradient NaN: the optimizer must not step on it."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(nano_llama, poisoned)
+    weights = load_file(poisoned / "model.safetensors")
+    name = next(k for k in weights if "layers.1.mlp.up_proj" in k)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="non-finite gradient norm, optimizer step skipped"):
+        result = train(make_config(tmp_path, poisoned))
+    after = load_file(result.output_dir / "model" / "model.safetensors")
+    for key, value in weights.items():
+        assert torch.equal(after[key], value) if key != name else torch.isnan(after[key][0, 0])
