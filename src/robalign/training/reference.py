@@ -39,8 +39,12 @@ def compute_reference_logps(model, pairs: list[TokenizedPair], pad_token_id: int
     model.eval()
     device = next(model.parameters()).device
     chosen, rejected = {}, {}
-    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False, disable=len(pairs) <= batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id)
+    # Longest first, so each batch holds similar lengths and little compute goes to padding;
+    # results are keyed by pair id, so the order is free.
+    ordered = sorted(pairs, key=lambda p: len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)),
+                     reverse=True)
+    for start in tqdm(range(0, len(ordered), batch_size), desc=desc, leave=False, disable=len(pairs) <= batch_size):
+        batch = collate_pairs(ordered[start : start + batch_size], pad_token_id)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             lp = pair_logps(model, batch, device)
         for i, pid in enumerate(batch.ids):
