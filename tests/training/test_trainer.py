@@ -173,3 +173,17 @@ def test_non_finite_gradients_skip_the_step_and_leave_weights_alone(tmp_path, na
     after = load_file(result.output_dir / "model" / "model.safetensors")
     for key, value in weights.items():
         assert torch.equal(after[key], value) if key != name else torch.isnan(after[key][0, 0])
+
+
+def test_rows_skipped_as_invalid_are_recorded(tmp_path, nano_llama):
+    rows = [{"prompt": f"question {i}?", "chosen": f"careful answer {i}", "rejected": f"careless answer {i}"}
+            for i in range(40)]
+    rows[6]["chosen"] = "   "  # data row 7
+    rows[20]["rejected"] = rows[20]["chosen"]  # data row 21: no preference
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = train(make_config(tmp_path, nano_llama, f"data.train={data}", "data.on_invalid=skip",
+                               "training.save_model=false"))
+    info = json.loads((result.output_dir / "run_info.json").read_text())
+    assert info["invalid_rows_skipped"] == {"train": [7, 21], "eval": []}
+    assert info["train_pairs"] + info["eval_pairs"] == 38

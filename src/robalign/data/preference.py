@@ -47,7 +47,8 @@ ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 def load_pairs(source: str, *, format: str = "auto", columns: dict[str, str] | None = None,
-               split: str = "train", limit: int | None = None, on_invalid: str = "error") -> list[PreferencePair]:
+               split: str = "train", limit: int | None = None, on_invalid: str = "error",
+               skipped_rows: list[int] | None = None) -> list[PreferencePair]:
     """Read preference pairs from ``source`` (a file, a directory, ``hf:<id>[:<config>]`` or
     ``synthetic[:N]``; see ``robalign.data.sources.SOURCES_HELP``).
 
@@ -56,8 +57,8 @@ def load_pairs(source: str, *, format: str = "auto", columns: dict[str, str] | N
     ``response`` = [safer, less safe]) or ``auto``. columns: our field -> the source's column.
     limit: keep the first N pairs. on_invalid: ``error`` raises on a bad row; ``skip`` drops
     rows whose content is unusable (empty text, identical responses, bad soft label, broken
-    dialogue) and logs their row numbers; structural problems (missing columns, bad JSON,
-    duplicate ids) always raise.
+    dialogue), logs their row numbers and appends them to ``skipped_rows`` when given (so a run
+    can record them); structural problems (missing columns, bad JSON, duplicate ids) always raise.
     """
     if format not in FORMATS:
         raise DataError(f"unknown data format '{format}'; use one of {', '.join(FORMATS)} (data.format)")
@@ -72,7 +73,7 @@ def load_pairs(source: str, *, format: str = "auto", columns: dict[str, str] | N
     if source == "synthetic" or source.startswith("synthetic:"):
         return _synthetic(source, limit)
     rows = open_source(source, split)
-    pairs = _convert(rows, format, dict(columns or {}), limit, on_invalid)
+    pairs = _convert(rows, format, dict(columns or {}), limit, on_invalid, skipped_rows)
     if not pairs:
         raise DataError(f"{rows.where}: no preference pairs (empty data set); point data.train at a file with rows")
     return pairs
@@ -140,10 +141,10 @@ class _BadRow(Exception):
 
 
 def _convert(rows: Rows, format: str, columns: dict[str, str], limit: int | None,
-             on_invalid: str) -> list[PreferencePair]:
+             on_invalid: str, skipped: list[int] | None = None) -> list[PreferencePair]:
     pairs: list[PreferencePair] = []
     first_row: dict[str, int] = {}  # id -> row, for duplicate-id messages
-    skipped: list[int] = []
+    skipped = [] if skipped is None else skipped
     convert = None
     for index, record in enumerate(rows.records):
         row = index + 1

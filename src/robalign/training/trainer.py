@@ -47,10 +47,11 @@ def prepare_data(config: TrainConfig, tokenizer):
     """Load, hold out, add label noise to the training split only, tokenize."""
     d = config.data
     load = dict(format=d.format, columns=d.columns or None, on_invalid=d.on_invalid)
-    pairs = load_pairs(d.train, split=d.split, **load)
+    invalid = {"train": [], "eval": []}  # 1-based data rows dropped by data.on_invalid=skip
+    pairs = load_pairs(d.train, split=d.split, skipped_rows=invalid["train"], **load)
     if d.eval:
         train = pairs[: d.limit] if d.limit else pairs
-        eval_pairs = load_pairs(d.eval, split=d.eval_split or d.split, **load)
+        eval_pairs = load_pairs(d.eval, split=d.eval_split or d.split, skipped_rows=invalid["eval"], **load)
     else:
         pairs = pairs[: d.limit] if d.limit else pairs
         train, eval_pairs = split_holdout(pairs, d.eval_fraction, config.training.seed)
@@ -70,7 +71,7 @@ def prepare_data(config: TrainConfig, tokenizer):
     info = {"train_pairs": len(tok_train.pairs), "eval_pairs": len(tok_eval.pairs),
             "train_fingerprint": data_fingerprint(noisy.pairs), "eval_fingerprint": data_fingerprint(eval_pairs),
             "noise_rate": d.noise_rate, "flipped_ids": noisy.flipped_ids,
-            "skipped_ids": tok_train.skipped_ids + tok_eval.skipped_ids,
+            "skipped_ids": tok_train.skipped_ids + tok_eval.skipped_ids, "invalid_rows_skipped": invalid,
             "truncated_pairs": tok_train.truncated + tok_eval.truncated}
     return tok_train.pairs, tok_eval.pairs, info
 
