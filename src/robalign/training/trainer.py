@@ -3,6 +3,7 @@ loop -> held-out evaluation -> saved model, with every run recording how it was 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -39,8 +40,13 @@ def step_indices(n: int, global_batch: int, step: int, steps_per_epoch: int, see
     """Pair indices of optimizer step ``step``: a seeded permutation per epoch, so a resumed
     run sees exactly the batches an uninterrupted one would."""
     epoch, pos = divmod(step, steps_per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-    return perm[pos * global_batch : (pos + 1) * global_batch]
+    return list(_epoch_order(n, seed, epoch)[pos * global_batch : (pos + 1) * global_batch])
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    # computed once per epoch, not once per step (O(n) each time on large data sets)
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist())
 
 
 def prepare_data(config: TrainConfig, tokenizer):
