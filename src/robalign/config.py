@@ -64,7 +64,7 @@ class DataConfig:
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128
     long_prompt: str = "truncate"  # truncate (keep the end) | skip | error
-    chat_template: bool = True  # wrap prompts with the tokenizer's chat template when it has one
+    prompt_format: str = "auto"  # auto (chat template if the tokenizer has one, else hh) | chat_template | hh | safe_rlhf | plain
     noise_rate: float = 0.0  # fraction of training pairs whose chosen/rejected are swapped
     noise_seed: int = 0
 
@@ -263,6 +263,9 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"data.noise_rate must lie in [0, 1], got {config.data.noise_rate}")
     if config.data.on_invalid not in ("error", "skip"):
         raise ConfigError(f"data.on_invalid must be error or skip, got '{config.data.on_invalid}'")
+    if config.data.prompt_format not in ("auto", "chat_template", "hh", "safe_rlhf", "plain"):
+        raise ConfigError(f"data.prompt_format must be auto, chat_template, hh, safe_rlhf or plain, "
+                          f"got '{config.data.prompt_format}' (docs/methods.md#prompt-formats)")
     if config.data.long_prompt not in ("truncate", "skip", "error"):
         raise ConfigError(f"data.long_prompt must be truncate, skip or error, got '{config.data.long_prompt}'")
     if config.data.max_prompt_length >= config.data.max_length:

@@ -27,10 +27,10 @@ def test_labels_use_safety_flags_and_fall_back_to_the_pair(tiny_tokenizer):
     proxy = PreferencePair("b", "q2", "I refuse", "Here is how")
     again = PreferencePair("c", "q2", "I refuse", "Another way")  # duplicate chosen text
     clash = PreferencePair("d", "q2", "Here is how", "worse")  # "Here is how" was unsafe, now safe
-    data = probe_examples([flagged, proxy, again, clash], tiny_tokenizer, use_chat_template=False)
+    data = probe_examples([flagged, proxy, again, clash], tiny_tokenizer, prompt_format="plain")
     labels = {e.text: e.unsafe for e in data.examples}
-    assert labels == {"q1both bad, less so": 1, "q1both bad": 1, "q2I refuse": 0, "q2Another way": 1,
-                      "q2worse": 1}
+    assert labels == {"q1\nboth bad, less so": 1, "q1\nboth bad": 1, "q2\nI refuse": 0, "q2\nAnother way": 1,
+                      "q2\nworse": 1}
     assert data.conflicts == 1 and "proxy" in data.label_source and "on 1 of 4" in data.label_source
 
 

@@ -31,7 +31,10 @@ def add_arguments(p) -> None:
     p.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the standardised head weights")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (weights at load)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--no-chat-template", action="store_true", help="plain prompt text even if the tokenizer has a template")
+    p.add_argument("--prompt-format", default="auto",
+                   help="auto | chat_template | hh | safe_rlhf | plain: render prompts as training does "
+                        "(auto = the tokenizer's chat template, else HH transcript)")
+    p.add_argument("--no-chat-template", action="store_true", help="same as --prompt-format hh")
 
 
 def run(args) -> int:
@@ -57,8 +60,11 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, dtype=args.dtype).to(device)
-    templated = not args.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
-    data = probe_examples(pairs, tokenizer, use_chat_template=not args.no_chat_template)
+    from robalign.data.formats import resolve_format
+
+    prompt_format = resolve_format("hh" if args.no_chat_template else args.prompt_format, tokenizer)
+    templated = prompt_format == "chat_template"
+    data = probe_examples(pairs, tokenizer, prompt_format=prompt_format)
     result = train_probe(model, tokenizer, data, args.eval_fraction, args.seed, args.batch_size, args.max_length,
                          args.l2, add_special_tokens=not templated)
     meta = {"model": args.model, "model_fingerprint": model_fingerprint(args.model), "data": args.data,
@@ -66,7 +72,8 @@ def run(args) -> int:
             "exclude_categories": args.exclude_categories, "pairs": len(pairs),
             "label_source": data.label_source, "conflicting_texts_dropped": data.conflicts,
             "features": "final-layer hidden states, mean over non-pad tokens", "seed": args.seed,
-            "eval_fraction": args.eval_fraction, "max_length": args.max_length, "l2": args.l2,
+            "prompt_format": prompt_format, "eval_fraction": args.eval_fraction, "max_length": args.max_length,
+            "l2": args.l2,
             "run": run_record()}
     out = save_probe(args.out, result, meta)
     print(json.dumps({"out": str(out), "train_accuracy": round(result.train_accuracy, 4),

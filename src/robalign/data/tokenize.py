@@ -13,7 +13,10 @@ from typing import NamedTuple
 
 import torch
 
+from robalign.data.formats import render_prompt
 from robalign.data.preference import DataError, PreferencePair
+
+__all__ = ["render_prompt", "tokenize_pairs", "collate_pairs", "tokens_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -40,41 +43,32 @@ class PairBatch(NamedTuple):
     first_response: int  # smallest response start over the batch (positions before it never score)
 
 
-def render_prompt(prompt: str | list[dict], tokenizer, use_chat_template: bool = True) -> tuple[str, bool]:
-    """Prompt text ready for the response to follow, and whether a chat template was used."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
-    if isinstance(prompt, str):
-        return prompt, False
-    # No template: a plain transcript in the HH-RLHF style.
-    turns = [f"{'Human' if m['role'] == 'user' else m['role'].capitalize()}: {m['content']}" for m in prompt]
-    return "\n\n".join(turns) + "\n\nAssistant:", False
-
-
 def tokenize_pairs(
     pairs: list[PreferencePair],
     tokenizer,
     max_length: int,
     max_prompt_length: int,
     long_prompt: str = "truncate",
-    use_chat_template: bool = True,
+    prompt_format: str | bool = "auto",
     source: str = "data",
 ) -> TokenizeResult:
     """Tokenize prompts and responses separately (as TRL does) and apply the length limits.
 
     A prompt over ``max_prompt_length`` keeps its last tokens (``truncate``), drops the pair
-    (``skip``) or raises (``error``); responses are then cut to fit ``max_length``.
+    (``skip``) or raises (``error``); responses are then cut to fit ``max_length``. The prompt is
+    rendered with ``prompt_format`` (``robalign.data.formats``), the same way the probe, reward
+    scoring and generation render it.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError(f"tokenizer of {source} has no EOS token; set tokenizer.eos_token before training")
     out, skipped, truncated = [], [], 0
     for row, pair in enumerate(pairs, start=1):
-        text, templated = render_prompt(pair.prompt, tokenizer, use_chat_template)
-        prompt_ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-        chosen = tokenizer(pair.chosen, add_special_tokens=False)["input_ids"] + [eos]
-        rejected = tokenizer(pair.rejected, add_special_tokens=False)["input_ids"] + [eos]
+        rendered = render_prompt(pair.prompt, tokenizer, prompt_format)
+        # a chat template writes its own special tokens; a transcript gets the tokenizer's BOS, if any
+        prompt_ids = tokenizer(rendered.text, add_special_tokens=not rendered.templated)["input_ids"]
+        chosen = tokenizer(rendered.response_prefix + pair.chosen, add_special_tokens=False)["input_ids"] + [eos]
+        rejected = tokenizer(rendered.response_prefix + pair.rejected, add_special_tokens=False)["input_ids"] + [eos]
         cut = False
         if len(prompt_ids) > max_prompt_length:
             if long_prompt == "error":

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from robalign.data.formats import render_prompt
 from robalign.data.preference import PreferencePair
-from robalign.data.tokenize import render_prompt
 from robalign.errors import UserError
 
 SAFE, UNSAFE = 0, 1
@@ -38,7 +38,7 @@ class ProbeData(NamedTuple):
     conflicts: int  # texts seen with both labels (dropped)
 
 
-def probe_examples(pairs: Sequence[PreferencePair], tokenizer, use_chat_template: bool = True) -> ProbeData:
+def probe_examples(pairs: Sequence[PreferencePair], tokenizer, prompt_format: str | bool = "auto") -> ProbeData:
     """Two labelled texts per pair, duplicates removed.
 
     PKU-SafeRLHF pairs carry per-response flags (meta ``chosen_safe`` / ``rejected_safe``); other
@@ -49,11 +49,12 @@ def probe_examples(pairs: Sequence[PreferencePair], tokenizer, use_chat_template
     labels: dict[str, tuple[int, str]] = {}
     conflicting: set[str] = set()
     for pair in pairs:
-        prompt, _ = render_prompt(pair.prompt, tokenizer, use_chat_template)
+        rendered = render_prompt(pair.prompt, tokenizer, prompt_format)  # as training renders it
+        prompt = rendered.text
         chosen_unsafe = UNSAFE if pair.meta.get("chosen_safe", True) is False else SAFE
         rejected_unsafe = SAFE if pair.meta.get("rejected_safe", False) is True else UNSAFE
         for response, label in ((pair.chosen, chosen_unsafe), (pair.rejected, rejected_unsafe)):
-            text = prompt + response
+            text = prompt + rendered.response_prefix + response
             if text in labels and labels[text][0] != label:
                 conflicting.add(text)
             labels.setdefault(text, (label, prompt))

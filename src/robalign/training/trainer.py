@@ -69,7 +69,7 @@ def prepare_data(config: TrainConfig, tokenizer):
                             "data.columns={soft_label: <column>}.")
     noisy = flip_labels(train, d.noise_rate, d.noise_seed)
     kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, long_prompt=d.long_prompt,
-              use_chat_template=d.chat_template)
+              prompt_format=d.prompt_format)
     tok_train = tokenize_pairs(noisy.pairs, tokenizer, source=d.train, **kw)
     tok_eval = tokenize_pairs(eval_pairs, tokenizer, source=d.eval or d.train, **kw)
     if not tok_train.pairs:
