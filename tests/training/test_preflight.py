@@ -1,0 +1,51 @@
+"""Pre-training checks: the logged example pair shows special tokens (and a doubled BOS), and
+the first batch's DPO loss is ln 2 exactly when the policy starts as the reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from robalign.data.synthetic import synthetic_pairs
+from robalign.data.tokenize import TokenizedPair, collate_pairs, tokenize_pairs
+from robalign.errors import UserError
+from robalign.models.loading import load_causal_lm, load_tokenizer
+from robalign.training.preflight import check_initial_loss, describe_pair, initial_dpo_loss
+from robalign.training.reference import compute_reference_logps
+
+
+def test_describe_pair_shows_special_tokens_and_flags_a_doubled_bos(tiny_tokenizer):
+    bos, eos = tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id
+    hello = tuple(tiny_tokenizer("hello", add_special_tokens=False)["input_ids"])
+    clean = TokenizedPair("p", (bos, *hello), (*hello, eos), (*hello, eos))
+    text = describe_pair(clean, tiny_tokenizer)
+    assert "<|bos|>hello" in text and "hello<|end|>" in text and "WARNING" not in text
+    doubled = TokenizedPair("p", (bos, bos, *hello), (*hello, eos), (*hello, eos))
+    assert "opens with <|bos|> twice" in describe_pair(doubled, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def first_batch(nano_llama):
+    tokenizer = load_tokenizer(str(nano_llama))
+    model = load_causal_lm(str(nano_llama))
+    pairs = tokenize_pairs(synthetic_pairs(8), tokenizer, max_length=96, max_prompt_length=48).pairs
+    reference = compute_reference_logps(model, pairs, tokenizer.pad_token_id, batch_size=3)  # other padding
+    return model, collate_pairs(pairs, tokenizer.pad_token_id), reference
+
+
+def test_loss_is_ln2_when_policy_is_the_reference(first_batch):
+    model, batch, reference = first_batch
+    loss = initial_dpo_loss(model, batch, reference, beta=0.1)
+    assert loss == pytest.approx(math.log(2), abs=1e-5)
+    check_initial_loss(loss, "fp32")
+
+
+def test_a_shifted_reference_is_caught(first_batch):
+    model, batch, (chosen, rejected) = first_batch
+    # a reference computed on other tokens: chosen log-probs 2 nats higher -> h = -2 for every pair
+    stale = ({k: v + 2.0 for k, v in chosen.items()}, rejected)
+    loss = initial_dpo_loss(model, batch, stale, beta=0.1)
+    assert loss == pytest.approx(-math.log(1 / (1 + math.exp(0.2))), abs=1e-4)  # -log σ(-0.2) = 0.798
+    with pytest.raises(UserError, match="not ln 2.*does not start as the reference"):
+        check_initial_loss(loss, "fp32")
