@@ -28,7 +28,12 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=256, help="tokens per text (long texts keep their end)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the standardised head weights")
+    p.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the standardised head weights (lbfgs)")
+    p.add_argument("--estimator", default="lbfgs",
+                   help="lbfgs (L2 logistic regression) | adam (the ShaPO paper's head, per-epoch log) | lbfgs,adam "
+                        "(both reported; the first one's vector is saved)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of the adam estimator")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the adam estimator")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (weights at load)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--prompt-format", default="auto",
@@ -66,19 +71,23 @@ def run(args) -> int:
     templated = prompt_format == "chat_template"
     data = probe_examples(pairs, tokenizer, prompt_format=prompt_format)
     result = train_probe(model, tokenizer, data, args.eval_fraction, args.seed, args.batch_size, args.max_length,
-                         args.l2, add_special_tokens=not templated)
+                         args.l2, add_special_tokens=not templated,
+                         estimators=[e.strip() for e in args.estimator.split(",") if e.strip()],
+                         epochs=args.epochs, lr=args.lr)
     meta = {"model": args.model, "model_fingerprint": model_fingerprint(args.model), "data": args.data,
             "data_fingerprint": data_fingerprint(pairs), "categories": args.categories,
             "exclude_categories": args.exclude_categories, "pairs": len(pairs),
             "label_source": data.label_source, "conflicting_texts_dropped": data.conflicts,
             "features": "final-layer hidden states, mean over non-pad tokens", "seed": args.seed,
             "prompt_format": prompt_format, "eval_fraction": args.eval_fraction, "max_length": args.max_length,
-            "l2": args.l2,
+            "l2": args.l2, "estimator": args.estimator, "adam_epochs": args.epochs, "adam_lr": args.lr,
             "run": run_record()}
     out = save_probe(args.out, result, meta)
     print(json.dumps({"out": str(out), "train_accuracy": round(result.train_accuracy, 4),
                       "eval_accuracy": round(result.eval_accuracy, 4),
                       "eval_majority_baseline": round(result.eval_majority, 4),
                       "n_train_texts": result.n_train, "n_eval_texts": result.n_eval,
-                      "label_source": data.label_source}, indent=2))
+                      "label_source": data.label_source,
+                      "estimators": {name: {k: v for k, v in r.items() if k != "history"}
+                                     for name, r in result.estimators.items()}}, indent=2))
     return 0

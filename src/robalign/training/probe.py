@@ -10,6 +10,7 @@ model's hidden space, where the MLP down-projection columns live too.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,18 +144,80 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, l2: float = 1
     return LinearProbe(w_raw.float(), (b.detach() - w_raw @ mu).float())
 
 
+def fit_adam_probe(features: torch.Tensor, labels: torch.Tensor, epochs: int = 20, lr: float = 1e-3,
+                   batch_size: int = 64, seed: int = 0, eval_features: torch.Tensor | None = None,
+                   eval_labels: torch.Tensor | None = None) -> tuple[LinearProbe, list[dict[str, float]]]:
+    """The ShaPO paper's estimator (its Figure 6): a linear head (d -> 2) on the *raw* features,
+    cross-entropy, Adam, shuffled mini-batches, ``epochs`` passes.
+
+    features: (N, d); labels: (N,) in {0, 1}. Returns the head and one record per epoch
+    (``epoch``, ``train_loss`` mean over the epoch's batches, ``train_accuracy`` and, with
+    eval data, ``eval_loss`` / ``eval_accuracy`` at the epoch's end).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(features.shape[1], 2)
+    with torch.no_grad():  # seeded init, independent of the global RNG
+        head.weight.normal_(0, features.shape[1] ** -0.5, generator=gen)
+        head.bias.zero_()
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    x, history = features.float(), []
+    for epoch in range(1, epochs + 1):
+        order, losses = torch.randperm(len(x), generator=gen), []
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(head(x[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        probe = LinearProbe(head.weight.detach().clone(), head.bias.detach().clone())
+        record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "train_accuracy": probe.accuracy(x, labels)}
+        if eval_features is not None:
+            with torch.no_grad():
+                record["eval_loss"] = F.cross_entropy(head(eval_features.float()), eval_labels).item()
+            record["eval_accuracy"] = probe.accuracy(eval_features.float(), eval_labels)
+        history.append(record)
+    return LinearProbe(head.weight.detach().clone(), head.bias.detach().clone()), history
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion: (p̂ + z²/2n ± z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n).
+
+    Texts sharing a prompt are not independent, so this is a lower bound on the real width.
+    """
+    from statistics import NormalDist
+
+    if n == 0:
+        return (float("nan"), float("nan"))
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+
+
 class ProbeResult(NamedTuple):
-    probe: LinearProbe
+    probe: LinearProbe  # the first estimator's head (its vector is the one saved)
     train_accuracy: float
     eval_accuracy: float
     eval_majority: float  # accuracy of always predicting the commoner eval label (the chance level)
     n_train: int
     n_eval: int
+    estimators: dict[str, dict] = {}  # name -> {train_accuracy, eval_accuracy, eval_ci, history}
+
+
+ESTIMATORS = ("lbfgs", "adam")
 
 
 def train_probe(model, tokenizer, data: ProbeData, eval_fraction: float = 0.2, seed: int = 0,
                 batch_size: int = 16, max_length: int = 256, l2: float = 1e-3, add_special_tokens: bool = True,
-                autocast_dtype: torch.dtype | None = None) -> ProbeResult:
+                autocast_dtype: torch.dtype | None = None, estimators: Sequence[str] = ("lbfgs",),
+                epochs: int = 20, lr: float = 1e-3) -> ProbeResult:
+    """Features once, then each estimator in ``estimators`` (``lbfgs``: L2-penalised logistic
+    regression; ``adam``: the paper's per-epoch head); the first one is the saved probe."""
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown or not estimators:
+        raise UserError(f"probe estimator {unknown or estimators}: use {' or '.join(ESTIMATORS)} (comma-separated)")
     train, held = split_by_prompt(data.examples, eval_fraction, seed)
     if len({e.unsafe for e in train}) < 2:
         raise UserError("the probe's training texts are all one class; it needs safe and unsafe responses "
@@ -165,10 +228,20 @@ def train_probe(model, tokenizer, data: ProbeData, eval_fraction: float = 0.2, s
     x_eval = pooled_hidden_states(model, tokenizer, [e.text for e in held], **kw)
     y_train = torch.tensor([e.unsafe for e in train])
     y_eval = torch.tensor([e.unsafe for e in held])
-    probe = fit_linear_probe(x_train, y_train, l2)
+    fitted: dict[str, tuple[LinearProbe, list]] = {}
+    for name in estimators:
+        fitted[name] = ((fit_linear_probe(x_train, y_train, l2), []) if name == "lbfgs" else
+                        fit_adam_probe(x_train, y_train, epochs, lr, seed=seed, eval_features=x_eval,
+                                       eval_labels=y_eval))
+    report = {}
+    for name, (probe, history) in fitted.items():
+        acc = probe.accuracy(x_eval, y_eval)
+        report[name] = {"train_accuracy": probe.accuracy(x_train, y_train), "eval_accuracy": acc,
+                        "eval_ci95": wilson_interval(round(acc * len(held)), len(held)), "history": history}
+    first = fitted[estimators[0]][0]
     majority = max(y_eval.float().mean().item(), 1 - y_eval.float().mean().item())
-    return ProbeResult(probe, probe.accuracy(x_train, y_train), probe.accuracy(x_eval, y_eval), majority,
-                       len(train), len(held))
+    return ProbeResult(first, report[estimators[0]]["train_accuracy"], report[estimators[0]]["eval_accuracy"],
+                       majority, len(train), len(held), report)
 
 
 def save_probe(out_dir: str | Path, result: ProbeResult, metadata: dict) -> Path:
@@ -179,7 +252,7 @@ def save_probe(out_dir: str | Path, result: ProbeResult, metadata: dict) -> Path
     save_file({"vector": p.vector.contiguous(), "weight": p.weight.contiguous(), "bias": p.bias.contiguous()},
               str(out / "probe.safetensors"))
     info = {"train_accuracy": result.train_accuracy, "eval_accuracy": result.eval_accuracy,
-            "eval_majority_baseline": result.eval_majority, "n_train_texts": result.n_train,
+            "estimators": result.estimators, "eval_majority_baseline": result.eval_majority, "n_train_texts": result.n_train,
             "n_eval_texts": result.n_eval, "hidden_size": int(p.vector.numel()), **metadata}
     (out / "probe.json").write_text(json.dumps(info, indent=2))
     return out
