@@ -67,7 +67,7 @@ def run(args) -> int:
 def _run(args) -> int:
     from robalign.errors import UserError
     from robalign.evaluation import workflows as wf
-    from robalign.evaluation.judges import LLMJudge, build_judge, parse_judge_spec
+    from robalign.evaluation.judges import LLMJudge, build_judge, judge_label, parse_judge_spec
     from robalign.evaluation.tables import read_table, write_table
 
     df = read_table(args.data)
@@ -88,7 +88,7 @@ def _run(args) -> int:
         out = wf.misunderstanding_pass(out, second, items, prefix=args.prefix)
         summaries.append(second.summary)
     write_table(out, args.out)
-    report = {"run": wf.run_record(args), "judge": args.judge, "rows": len(out), "base_prompts": base_dir,
+    report = {"run": wf.run_record(args), "judge": judge_label(args.judge), "rows": len(out), "base_prompts": base_dir,
               "verdicts": wf.verdict_counts(out[f"{args.prefix}verdict"]),
               "generation": [s.to_dict() for s in summaries]}
     wf.write_json(Path(str(args.out) + ".summary.json"), report)

@@ -12,6 +12,9 @@ A backend turns ``GenerationRequest`` objects (chat messages + decoding paramete
 A spec can also be a mapping (or a YAML/JSON string of one) with ``backend`` and ``model``
 plus backend options, e.g.
 ``{backend: openai, model: deepseek-chat, base_url: https://api.deepseek.com, api_key_env: DEEPSEEK_API_KEY}``.
+A spec names the environment variable that holds an API key, never the key: ``api_key`` (or
+any other secret-named option, ``specs.SECRET_OPTIONS``) is refused with an error that
+does not repeat the value, and every URL a spec label shows is redacted (``specs.redact_url``).
 Backend modules are imported only when a spec names them, so ``vllm`` (GPU-only) and
 ``torch`` are never loaded for an HTTP run.
 """
@@ -25,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from robalign.errors import UserError
-
-ANSWERED, FAILED = "answered", "failed"
+from robalign.evaluation.labels import STATUS_ANSWERED
+from robalign.evaluation.specs import load_spec, redact_url, reject_secrets
 
 
 class BackendUnavailable(UserError):
@@ -59,7 +62,7 @@ class GenerationRequest:
 @dataclass
 class GenerationResponse:
     text: str = ""
-    status: str = ANSWERED  # answered | failed
+    status: str = STATUS_ANSWERED  # labels.STATUS_ANSWERED | labels.STATUS_FAILED
     reason: str = ""  # why it failed; empty when answered
     finish_reason: str = ""  # stop | length | whatever the server said
     prompt_tokens: int = 0
@@ -67,10 +70,11 @@ class GenerationResponse:
     cost_usd: float = 0.0
     attempts: int = 1
     cached: bool = False
+    served_model: str = ""  # the model the server says answered (an alias can move); empty if unknown
 
     @property
     def ok(self) -> bool:
-        return self.status == ANSWERED
+        return self.status == STATUS_ANSWERED
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,17 +125,14 @@ SPEC_HELP = (
 )
 
 
+MAPPING_EXAMPLE = "{backend: openai, model: NAME, base_url: 'https://host/v1', api_key_env: KEY_VARIABLE}"
+
+
 def parse_model_spec(spec: str | dict | ModelSpec) -> ModelSpec:
     """``"hf:runs/tiny/model"`` / ``"openai:m@http://host/v1"`` / a mapping -> ModelSpec."""
     if isinstance(spec, ModelSpec):
         return spec
-    if isinstance(spec, str) and (spec.lstrip().startswith("{") or "\n" in spec):
-        import yaml
-
-        try:
-            spec = yaml.safe_load(spec)
-        except yaml.YAMLError as exc:
-            raise UserError(f"model spec is not valid YAML: {exc}") from None
+    spec = load_spec(spec, "model spec", MAPPING_EXAMPLE)
     if isinstance(spec, dict):
         return _spec_from_mapping(spec)
     if not isinstance(spec, str) or ":" not in spec:
@@ -161,11 +162,14 @@ def _split_revision(rest: str) -> tuple[str, dict[str, Any]]:
 
 
 def _spec_from_mapping(data: dict) -> ModelSpec:
+    reject_secrets(data, "model spec")
     data = dict(data)
     backend = str(data.pop("backend", "")).lower()
     model = data.pop("model", None)
     if backend not in BACKENDS or not model:
-        raise UserError(f"model spec mapping {data!r} needs 'backend' (one of {', '.join(BACKENDS)}) and 'model'")
+        # key names only: a value could be a secret
+        raise UserError(f"model spec mapping with keys {sorted(map(str, data))} needs 'backend' "
+                        f"(one of {', '.join(BACKENDS)}) and 'model', e.g. {MAPPING_EXAMPLE}")
     if backend == "openai":
         data.setdefault("base_url", DEFAULT_OPENAI_URL)
     return ModelSpec(backend, str(model), data)
@@ -174,18 +178,20 @@ def _spec_from_mapping(data: dict) -> ModelSpec:
 def build_backend(spec: str | dict | ModelSpec, **overrides: Any) -> Backend:
     """Instantiate the backend a spec names; ``overrides`` replace spec options (e.g. batch_size)."""
     parsed = parse_model_spec(spec)
+    reject_secrets(overrides, "backend option (-o)")
     module_name, class_name = BACKENDS[parsed.backend].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     options = {**parsed.options, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return cls(parsed.model, **options)
-    except TypeError as exc:
-        raise UserError(f"model spec {parsed.to_dict()!r}: bad option for the {parsed.backend} backend ({exc})") from None
+    except TypeError as exc:  # the message names the option, never its value
+        raise UserError(f"model spec {spec_label(parsed)}: bad option for the {parsed.backend} backend ({exc}); "
+                        f"given options: {', '.join(sorted(map(str, options))) or 'none'}") from None
 
 
 def spec_label(spec: str | dict | ModelSpec) -> str:
-    """A short human-readable name for a spec (logs, run summaries); never contains secrets
-    because specs carry only the *name* of the API-key environment variable."""
+    """A short human-readable name for a spec (logs, run summaries). Holds no secret: specs
+    carry only the *name* of the API-key variable, and the URL is redacted."""
     parsed = parse_model_spec(spec)
     url = parsed.options.get("base_url")
-    return f"{parsed.backend}:{parsed.model}" + (f"@{url}" if url else "")
+    return f"{parsed.backend}:{parsed.model}" + (f"@{redact_url(url)}" if url else "")

@@ -1,7 +1,8 @@
 """SQLite response cache and the caching wrapper every generation goes through.
 
-Key = sha256 over (backend identity: model id, revision, base URL, chat-template hash;
-messages; decoding parameters; sample index). A re-run of the same requests against the
+Key = sha256 over (backend identity: model id, revision, redacted base URL, chat-template
+hash, and whatever else of the backend changes an answer: ``extra_body`` for HTTP, dtype and
+device for local weights; messages; decoding parameters; sample index). A re-run of the same requests against the
 same model makes no backend calls. Only *answered* responses are stored, so failures are
 retried on the next run.
 
@@ -26,13 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from robalign.evaluation.backends import (
-    ANSWERED,
-    Backend,
-    GenerationRequest,
-    GenerationResponse,
-    OnResponse,
-)
+from robalign.evaluation.backends import Backend, GenerationRequest, GenerationResponse, OnResponse
+from robalign.evaluation.labels import STATUS_ANSWERED, STATUS_FAILED
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -108,7 +104,7 @@ class ResponseCache:
         return found
 
     def put(self, key: str, identity: dict, request: GenerationRequest, response: GenerationResponse) -> None:
-        if response.status != ANSWERED:
+        if response.status != STATUS_ANSWERED:
             return  # failures are retried next run, never cached
         payload = _key_payload(identity, request)
         row = (
@@ -150,6 +146,8 @@ class RunSummary:
     cost_usd: float = 0.0
     seconds: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    served_models: dict[str, int] = field(default_factory=dict)  # model names HTTP replies reported
+    notes: list[str] = field(default_factory=list)  # caveats about the answers, e.g. an unpinned alias
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,7 +162,8 @@ class RunSummary:
             text += f", cost ${self.cost_usd:.4f}"
         if self.failure_reasons:
             text += " (failures: " + "; ".join(f"{r} x{n}" for r, n in self.failure_reasons.items()) + ")"
-        return text + f", {self.seconds:.1f}s"
+        text += f", {self.seconds:.1f}s"
+        return "\n  note: ".join([text, *self.notes])
 
 
 class CachedBackend:
@@ -180,6 +179,9 @@ class CachedBackend:
     def identity(self) -> dict[str, str]:
         if self._identity is None:
             self._identity = self.backend.identity()
+            note = alias_note(self._identity)
+            if note and note not in self.summary.notes:
+                self.summary.notes.append(note)
         return self._identity
 
     def generate(
@@ -213,7 +215,7 @@ class CachedBackend:
             for j, response in enumerate(fresh):  # backends that never call on_response
                 if results[todo[unique[j]][0]] is None:
                     arrived(j, response)
-        final = [r if r is not None else GenerationResponse(status="failed", reason="lost") for r in results]
+        final = [r if r is not None else GenerationResponse(status=STATUS_FAILED, reason="lost") for r in results]
         self._count(final, len(unique), time.perf_counter() - start)
         return final
 
@@ -223,7 +225,7 @@ class CachedBackend:
         s.cache_misses += calls
         s.cache_hits += len(results) - calls
         s.seconds += seconds
-        reasons = Counter(s.failure_reasons)
+        reasons, served = Counter(s.failure_reasons), Counter(s.served_models)
         for r in results:
             if r.ok:
                 s.answered += 1
@@ -231,10 +233,21 @@ class CachedBackend:
                 s.failed += 1
                 reasons[_reason_class(r.reason)] += 1
             if not r.cached:
+                served.update([r.served_model] if r.served_model else [])
                 s.prompt_tokens += r.prompt_tokens
                 s.completion_tokens += r.completion_tokens
                 s.cost_usd += r.cost_usd
-        s.failure_reasons = dict(reasons)
+        s.failure_reasons, s.served_models = dict(reasons), dict(served)
+
+
+def alias_note(identity: dict[str, str]) -> str:
+    """The caveat for an HTTP model without a pinned revision (empty for anything else):
+    its name is an alias the provider can point at another model, and the cache cannot tell."""
+    if identity.get("backend") != "openai" or identity.get("revision"):
+        return ""
+    return (f"'{identity.get('model')}' is an OpenAI-compatible model alias: the provider can change the model "
+            "behind it without changing the name, and cached answers would then come from the old one. "
+            "Pin it with -o revision=<snapshot or date> (part of the cache key)")
 
 
 def _reason_class(reason: str) -> str:

@@ -17,7 +17,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
+from robalign.evaluation.labels import STATUS_FAILED
 from robalign.models.loading import load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_path
 
 
@@ -43,21 +45,37 @@ def local_chat_template(path: Path) -> str | None:
     return None
 
 
-def model_identity(backend: str, model: str, revision: str | None, tokenizer_loader) -> dict[str, str]:
+def model_identity(backend: str, model: str, revision: str | None, tokenizer_loader, dtype: str,
+                   device: str) -> dict[str, str]:
     """The model part of the cache key. A local directory is named by its content fingerprint
     alone, not its path, so a copied or moved directory keeps its cached answers; reading it
-    loads no weights. A hub id keeps its name; its fingerprint covers the offline commit sha."""
+    loads no weights. A hub id keeps its name; its fingerprint covers the offline commit sha.
+    ``dtype`` and ``device`` (a device type: cpu, cuda, mps) are in it because the same weights
+    answer differently in bfloat16 than in float32, and on a GPU than on a CPU."""
     path = Path(model).expanduser()
+    numerics = {"dtype": str(dtype), "device": str(device)}
     if path.is_dir():
         return {
             "backend": backend, "model": "local", "revision": model_fingerprint(str(path), revision),
-            "base_url": "", "template": template_hash(local_chat_template(path)),
+            "base_url": "", "template": template_hash(local_chat_template(path)), **numerics,
         }
     tokenizer = tokenizer_loader()
     return {
         "backend": backend, "model": model, "revision": model_fingerprint(model, revision),
-        "base_url": "", "template": template_hash(getattr(tokenizer, "chat_template", None)),
+        "base_url": "", "template": template_hash(getattr(tokenizer, "chat_template", None)), **numerics,
     }
+
+
+def device_type(device: str | None) -> str:
+    """``"cuda:1"`` -> ``"cuda"``; None -> the device ``HFBackend`` would pick (cuda when available)."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"hf backend: device '{device}' is not a torch device; use cpu, cuda, cuda:N or mps") from None
 
 
 def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
@@ -65,6 +83,14 @@ def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # no template (base models): plain concatenation, the convention of completion APIs
     return "\n\n".join(m["content"] for m in messages)
+
+
+def prompt_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The rendered chat as token ids, with no special tokens added on top: a chat template
+    writes its own BOS (Llama 3's starts with ``<|begin_of_text|>``), and encoding the text
+    with the tokenizer's default ``add_special_tokens=True`` would put a second one before
+    it. The ids ``HFBackend`` feeds its model, and the ones the vllm backend sends."""
+    return list(tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
 class RowSampler:
@@ -109,7 +135,8 @@ class HFBackend:
         self._lock = threading.Lock()  # the local test server calls generate from several threads
 
     def identity(self) -> dict[str, str]:
-        return model_identity("hf", self.model_name, self.revision, self._load_tokenizer)
+        return model_identity("hf", self.model_name, self.revision, self._load_tokenizer, self.dtype,
+                              device_type(self.device))
 
     def _load_tokenizer(self):
         if self._tokenizer is None:
@@ -140,7 +167,7 @@ class HFBackend:
             results: list[GenerationResponse | None] = [None] * len(requests)
             prompts = [self.render(r.messages) for r in requests]
             for i, reason in self._too_long(requests, prompts).items():
-                results[i] = GenerationResponse(status="failed", reason=reason, attempts=0)
+                results[i] = GenerationResponse(status=STATUS_FAILED, reason=reason, attempts=0)
                 if on_response:
                     on_response(i, results[i])
             todo = [i for i in range(len(requests)) if results[i] is None]

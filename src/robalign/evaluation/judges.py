@@ -10,6 +10,9 @@
 ``llama-guard``, ``md-judge``, ``harmbench`` (safe / unsafe). The mapping form adds
 options: ``{type: llm, model: <spec>, template: bias, samples: 3, temperature: 0.7}``.
 
+A reply cut off by the length limit (``finish_reason: length``) is UNPARSED even when a
+verdict appears in it: the judge had not finished, and its last word may not be its verdict.
+
 k-sample majority (``samples: k``): every sample is parsed; UNPARSED and FAILED samples do
 not vote unless no sample parsed. Ties go to the tied label whose first vote came earliest
 (sample 0 first), so with k = 2 a disagreement keeps sample 0's verdict.
@@ -23,12 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from robalign.errors import UserError
-from robalign.evaluation.backends import GenerationRequest, build_backend, parse_model_spec, spec_label
+from robalign.evaluation.backends import (
+    GenerationRequest,
+    GenerationResponse,
+    build_backend,
+    parse_model_spec,
+    spec_label,
+)
 from robalign.evaluation.cache import CachedBackend, ResponseCache, RunSummary
-from robalign.evaluation.parsers import FAILED, UNPARSED, JudgeTemplate, get_template
+from robalign.evaluation.labels import BIAS_LABELS, FAILED, NOT_REFUSAL, REFUSAL_LABELS, UNPARSED
+from robalign.evaluation.parsers import JudgeTemplate, get_template
 from robalign.evaluation.rules import bias_rule_verdict, is_refusal
-
-NOT_REFUSAL = "NR"
+from robalign.evaluation.specs import load_spec, redact_urls, reject_secrets
 
 
 @dataclass
@@ -54,7 +63,7 @@ class Judge(Protocol):
 
 
 class RuleJudge:
-    name, labels = "rule", ("S", "CS", "D", "R")
+    name, labels = "rule", BIAS_LABELS
     summary: RunSummary | None = None
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
@@ -62,7 +71,7 @@ class RuleJudge:
 
 
 class KeywordJudge:
-    name, labels = "keyword", ("R", NOT_REFUSAL)
+    name, labels = "keyword", REFUSAL_LABELS
     summary: RunSummary | None = None
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
@@ -117,12 +126,21 @@ class LLMJudge:
             for k in range(self.samples)
         ]
 
+    def vote(self, response: GenerationResponse) -> str:
+        """One sample's label: FAILED for a failed call, UNPARSED for a reply cut off by the
+        length limit, else what the template's parser reads."""
+        if not response.ok:
+            return FAILED
+        if response.finish_reason == "length":
+            return UNPARSED
+        return self.template.parse(response.text)
+
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         responses = self.backend.generate(self.requests(items))
         verdicts = []
         for n in range(len(items)):
             chunk = responses[n * self.samples : (n + 1) * self.samples]
-            votes = [self.template.parse(r.text) if r.ok else FAILED for r in chunk]
+            votes = [self.vote(r) for r in chunk]
             raw = chunk[0].text if chunk[0].ok else f"judge call failed: {chunk[0].reason}"
             if self.samples > 1:
                 raw = "\n---\n".join(r.text if r.ok else f"judge call failed: {r.reason}" for r in chunk)
@@ -131,30 +149,29 @@ class LLMJudge:
 
 
 JUDGE_HELP = "use rule, keyword, or llm:<model spec>[#template] (e.g. llm:openai:deepseek-chat@https://api.deepseek.com#bias)"
+JUDGE_EXAMPLE = "{type: llm, model: 'openai:deepseek-chat@https://api.deepseek.com', template: bias}"
 
 
 def parse_judge_spec(spec: str | dict) -> dict[str, Any]:
-    """Normalise a judge spec to a mapping {type, model?, template?, samples?, ...}."""
-    if isinstance(spec, str) and spec.lstrip().startswith("{"):
-        import yaml
-
-        spec = yaml.safe_load(spec)
+    """Normalise a judge spec to a mapping {type, model?, template?, samples?, ...}.
+    Errors name a mapping's keys, never its values (a value could be a secret)."""
+    spec = load_spec(spec, "judge spec", JUDGE_EXAMPLE)
     if isinstance(spec, dict):
         data = dict(spec)
         kind = str(data.get("type", "")).lower()
         if kind not in ("rule", "keyword", "llm"):
-            raise UserError(f"judge spec {spec!r}: 'type' must be rule, keyword or llm")
+            raise UserError(f"judge spec mapping: 'type' must be rule, keyword or llm, e.g. {JUDGE_EXAMPLE}")
         if kind == "llm" and "model" not in data:
-            raise UserError(f"judge spec {spec!r}: an llm judge needs 'model' (a model spec)")
+            raise UserError(f"judge spec mapping: an llm judge needs 'model' (a model spec), e.g. {JUDGE_EXAMPLE}")
         data["type"] = kind
         return data
     if not isinstance(spec, str):
-        raise UserError(f"judge spec {spec!r}: {JUDGE_HELP}")
+        raise UserError(f"judge spec of type {type(spec).__name__}: {JUDGE_HELP}")
     text = spec.strip()
     if text in ("rule", "keyword"):
         return {"type": text}
     if not text.startswith("llm:"):
-        raise UserError(f"unknown judge spec '{text}'; {JUDGE_HELP}")
+        raise UserError(f"unknown judge spec '{redact_urls(text)}'; {JUDGE_HELP}")
     model, template = text[4:], "bias"
     if "#" in model:
         model, template = model.rsplit("#", 1)
@@ -164,13 +181,14 @@ def parse_judge_spec(spec: str | dict) -> dict[str, Any]:
 def build_judge(spec: str | dict, cache: ResponseCache | None = None, **backend_overrides: Any) -> Judge:
     """A judge from a spec; LLM judges share ``cache`` (None = ``--no-cache``)."""
     data = parse_judge_spec(spec)
+    reject_secrets(backend_overrides, "backend option (-o)")  # refused even where no backend would read it
     if data["type"] == "rule":
         return RuleJudge()
     if data["type"] == "keyword":
         return KeywordJudge()
     unknown = set(data) - {"type", "model", "template", "samples", "temperature", "max_new_tokens", "seed", "name"}
     if unknown:
-        raise UserError(f"judge spec {spec!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        raise UserError(f"judge spec {judge_label(data)}: unknown option(s) {', '.join(sorted(unknown))}")
     template = get_template(str(data.get("template", "bias")))
     model = parse_model_spec(data["model"])
     backend = CachedBackend(build_backend(model, **backend_overrides), cache, label=spec_label(model))

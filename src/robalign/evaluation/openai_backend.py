@@ -19,7 +19,15 @@ The API key is read at call time from the environment variable *named* by ``api_
 when the variable is unset, as local servers need none. A remote server with the variable
 unset fails before anything is sent (``BackendUnavailable``); ``api_key_env: ""`` declares a
 remote server that needs no key. The key is never stored on the object, in the cache, in
-summaries or in error messages.
+summaries or in error messages. A key written into ``base_url`` (user info or query) is sent
+with the requests but redacted from everything shown or stored (``specs.redact_url``), and
+any of these secrets a server echoes in an error body is masked before it becomes a reason.
+
+Cache identity: model, revision, the redacted base URL, template and ``extra_body`` (its
+fields, e.g. top_k, stop or reasoning options, change answers). ``model`` is an alias the
+provider may point at a new model without changing its name, so cached answers can come
+from an older model; ``revision`` pins one (e.g. ``revision: 2024-08-06``): a new revision
+is a new cache key. The model name each server reply reports is counted in the run summary.
 """
 
 from __future__ import annotations
@@ -27,22 +35,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from robalign.errors import UserError
 from robalign.evaluation.backends import (
     DEFAULT_OPENAI_URL,
-    FAILED,
     BackendUnavailable,
     GenerationRequest,
     GenerationResponse,
     OnResponse,
 )
+from robalign.evaluation.labels import STATUS_FAILED
+from robalign.evaluation.specs import REDACTED, redact_url
 
 RETRY_STATUSES = {408, 429} | set(range(500, 600))
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -91,8 +101,9 @@ class OpenAIBackend:
     the circuit breaker; 0 = never), max_tokens_field (``max_tokens``, or
     ``max_completion_tokens`` for OpenAI models that reject ``max_tokens``), price_in /
     price_out (USD per million prompt / completion tokens, for cost accounting), template (a
-    label for the server-side chat template, part of the cache key), revision (likewise),
-    extra_body (fields merged into every request body), seed (jitter RNG)."""
+    label for the server-side chat template, part of the cache key), revision (pins the
+    model behind the alias ``model``; part of the cache key), extra_body (fields merged into
+    every request body; part of the cache key), seed (jitter RNG)."""
 
     def __init__(self, model: str, base_url: str = DEFAULT_OPENAI_URL, api_key_env: str | None = "OPENAI_API_KEY",
                  concurrency: int = 8, max_retries: int = 5, timeout: float = 60.0, backoff_base: float = 0.5,
@@ -100,13 +111,14 @@ class OpenAIBackend:
                  price_in: float = 0.0, price_out: float = 0.0, template: str = "server", revision: str = "",
                  extra_body: dict | None = None, seed: int | None = None):
         if not str(base_url).startswith(("http://", "https://")):
-            raise UserError(f"openai backend: base_url '{base_url}' must start with http:// or https://")
+            raise UserError(f"openai backend: base_url '{redact_url(base_url)}' must start with http:// or https://")
         if int(concurrency) < 1 or int(max_retries) < 0 or int(unreachable_after) < 0:
             raise UserError("openai backend: concurrency must be >= 1, max_retries and unreachable_after >= 0")
         if max_tokens_field not in MAX_TOKENS_FIELDS:
             raise UserError(f"openai backend: max_tokens_field '{max_tokens_field}' must be one of "
                             f"{', '.join(MAX_TOKENS_FIELDS)} (newer OpenAI models want max_completion_tokens)")
         self.model, self.base_url = model, str(base_url).rstrip("/")
+        self.display_url = redact_url(self.base_url)  # what messages, identity and repr show
         self.api_key_env = api_key_env or ""
         self.unreachable_after, self.max_tokens_field = int(unreachable_after), max_tokens_field
         self.concurrency, self.max_retries, self.timeout = int(concurrency), int(max_retries), float(timeout)
@@ -116,11 +128,32 @@ class OpenAIBackend:
         self._rng = random.Random(seed)
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.display_url!r}, api_key_env={self.api_key_env!r})"
 
     def identity(self) -> dict[str, str]:
         return {"backend": "openai", "model": self.model, "revision": self.revision,
-                "base_url": self.base_url, "template": self.template}
+                "base_url": self.display_url, "template": self.template,
+                "extra_body": json.dumps(self.extra_body, sort_keys=True, ensure_ascii=False, default=str)}
+
+    def endpoint(self, route: str = "chat/completions") -> str:
+        """``base_url`` + ``/route``, its query string (if any) kept after the new path."""
+        parts = urlsplit(self.base_url)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + route))
+
+    def _secrets(self) -> list[str]:
+        """Every secret this backend sends, longest first: the key, and URL user info and query."""
+        parts = urlsplit(self.base_url)
+        found = [os.environ.get(self.api_key_env, "") if self.api_key_env else "",
+                 parts.username or "", parts.password or "", parts.query]
+        found += [value for pair in parts.query.split("&") for value in pair.split("=")[1:]]
+        found += [unquote(value) for value in found]
+        return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)  # 4: skip "1", "v1"-like noise
+
+    def mask(self, text: str) -> str:
+        """``text`` from a server with every secret of ours replaced by ***."""
+        for secret in self._secrets():
+            text = text.replace(secret, REDACTED)
+        return text
 
     def is_loopback(self) -> bool:
         host = urlsplit(self.base_url).hostname or ""
@@ -135,7 +168,7 @@ class OpenAIBackend:
         """Why this backend cannot be used here, or None: a remote server whose key variable is unset."""
         if not self.api_key_env or os.environ.get(self.api_key_env) or self.is_loopback():
             return None
-        return (f"${self.api_key_env} is not set, and {self.base_url} is a remote server that needs an API "
+        return (f"${self.api_key_env} is not set, and {self.display_url} is a remote server that needs an API "
                 f"key; nothing was sent. Export {self.api_key_env}=<your key>, or set api_key_env: '' in "
                 "the model spec if this server needs no key")
 
@@ -165,7 +198,7 @@ class OpenAIBackend:
     def _require_key(self) -> None:
         reason = self.missing_key()
         if reason:
-            raise BackendUnavailable(f"openai backend {self.model}@{self.base_url}: {reason}")
+            raise BackendUnavailable(f"openai backend {self.model}@{self.display_url}: {reason}")
 
     async def agenerate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
                         ) -> list[GenerationResponse]:
@@ -210,20 +243,20 @@ class OpenAIBackend:
         return max(wait, min(retry_after, self.backoff_max))
 
     async def _with_retries(self, client, request: GenerationRequest, breaker: CircuitBreaker) -> GenerationResponse:
-        body, url = self._body(request), f"{self.base_url}/chat/completions"
+        body, url = self._body(request), self.endpoint()
         for n in range(self.max_retries + 1):
             if breaker.is_open:
-                return GenerationResponse(status=FAILED, reason=breaker.reason, attempts=n)
+                return GenerationResponse(status=STATUS_FAILED, reason=breaker.reason, attempts=n)
             attempt = await self._attempt(client, url, body)
             breaker.record(attempt)
             if attempt.response is not None:
                 attempt.response.attempts = n + 1
                 return attempt.response
             if breaker.is_open:
-                return GenerationResponse(status=FAILED, reason=breaker.reason, attempts=n + 1)
+                return GenerationResponse(status=STATUS_FAILED, reason=breaker.reason, attempts=n + 1)
             if not attempt.retryable or n == self.max_retries:
                 tries = f" after {n + 1} attempts" if n else ""
-                return GenerationResponse(status=FAILED, reason=attempt.reason + tries, attempts=n + 1)
+                return GenerationResponse(status=STATUS_FAILED, reason=attempt.reason + tries, attempts=n + 1)
             await breaker.pause(self.backoff(n, attempt.retry_after))
         raise AssertionError("the loop returns on its last attempt")
 
@@ -235,13 +268,13 @@ class OpenAIBackend:
         except httpx.TimeoutException:  # ConnectTimeout included: a slow accept can be a live, busy server
             return _Attempt(reason=f"timeout ({self.timeout:g}s)", retryable=True)
         except httpx.ConnectError as exc:  # DNS failure, refused, unreachable network, TLS handshake
-            where = urlsplit(url).netloc
+            where = urlsplit(url).netloc.rsplit("@", 1)[-1]  # host:port, never the user info
             return _Attempt(reason="connection error (ConnectError)", retryable=True,
-                            unreachable=f"cannot connect to {where} ({_os_error(exc)})")
+                            unreachable=self.mask(f"cannot connect to {where} ({_os_error(exc)})"))
         except httpx.TransportError as exc:
             return _Attempt(reason=f"connection error ({type(exc).__name__})", retryable=True)
         if reply.status_code != 200:
-            detail = "" if reply.status_code in RETRY_STATUSES else f": {reply.text[:200]}"
+            detail = "" if reply.status_code in RETRY_STATUSES else f": {self.mask(reply.text)[:200]}"
             if reply.status_code in (401, 403):
                 detail = f" (check the API key in ${self.api_key_env})"
             return _Attempt(reason=f"http {reply.status_code}{detail}", retryable=reply.status_code in RETRY_STATUSES,
@@ -263,7 +296,7 @@ class OpenAIBackend:
         cost = (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
         return _Attempt(response=GenerationResponse(
             text=text, finish_reason=str(choice.get("finish_reason") or ""), prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, cost_usd=cost,
+            completion_tokens=completion_tokens, cost_usd=cost, served_model=str(data.get("model") or "")[:100],
         ))
 
 

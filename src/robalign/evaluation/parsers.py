@@ -15,11 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from robalign.evaluation import templates
-
-UNPARSED = "UNPARSED"  # the judge answered but no verdict could be read: counted, never mapped
-FAILED = "FAILED"  # the judge call itself failed (HTTP error after retries, ...)
-SAFE, UNSAFE = "safe", "unsafe"
-BIAS_LABELS = ("S", "CS", "D", "R")
+from robalign.evaluation.labels import (
+    BIAS_LABELS,
+    FAILED,  # noqa: F401 - defined in labels; old import path kept
+    MISUNDERSTANDING_LABELS,
+    SAFE,
+    SAFETY_LABELS,
+    UNPARSED,
+    UNSAFE,
+)
 
 _DOUBLE_BRACKET = re.compile(r"\[\[([^\[\]]{0,40})\]\]")
 _RESULT = re.compile(r"\[RESULT\]\s*:?\s*\**\s*(safe|unsafe)\b", re.IGNORECASE)
@@ -44,7 +48,7 @@ def parse_bias(text: str) -> str:
 
 
 def parse_misunderstanding(text: str) -> str:
-    return parse_double_bracket(text, ("R", "M"))
+    return parse_double_bracket(text, MISUNDERSTANDING_LABELS)
 
 
 def parse_first_line_safety(text: str) -> str:
@@ -91,11 +95,11 @@ TEMPLATES: dict[str, JudgeTemplate] = {
     "bias": JudgeTemplate("bias", templates.BIAS, parse_bias, BIAS_LABELS, 256),
     "bias-compact": JudgeTemplate("bias-compact", templates.BIAS_COMPACT, parse_bias, BIAS_LABELS, 16),
     "misunderstanding": JudgeTemplate(
-        "misunderstanding", templates.MISUNDERSTANDING, parse_misunderstanding, ("R", "M"), 192
+        "misunderstanding", templates.MISUNDERSTANDING, parse_misunderstanding, MISUNDERSTANDING_LABELS, 192
     ),
-    "llama-guard": JudgeTemplate("llama-guard", templates.LLAMA_GUARD, parse_first_line_safety, (SAFE, UNSAFE), 24),
-    "md-judge": JudgeTemplate("md-judge", templates.MD_JUDGE, parse_result_tag, (SAFE, UNSAFE), 48),
-    "harmbench": JudgeTemplate("harmbench", templates.HARMBENCH, parse_yes_no, (SAFE, UNSAFE), 8),
+    "llama-guard": JudgeTemplate("llama-guard", templates.LLAMA_GUARD, parse_first_line_safety, SAFETY_LABELS, 24),
+    "md-judge": JudgeTemplate("md-judge", templates.MD_JUDGE, parse_result_tag, SAFETY_LABELS, 48),
+    "harmbench": JudgeTemplate("harmbench", templates.HARMBENCH, parse_yes_no, SAFETY_LABELS, 8),
 }
 
 

@@ -24,6 +24,7 @@ from robalign.evaluation.agreement import agreement
 from robalign.evaluation.backends import BackendUnavailable
 from robalign.evaluation.cache import ResponseCache
 from robalign.evaluation.judges import build_judge, judge_label, parse_judge_spec
+from robalign.evaluation.specs import redact_value  # specs written to selection.json: no URL secrets
 from robalign.evaluation.workflows import judge_frame, judge_items, verdict_counts, write_json
 
 
@@ -76,12 +77,12 @@ def select_judge(control: pd.DataFrame, judges: list[tuple[str, Any]], out_dir: 
             frame = judge_frame(control, judge, items, prefix="_")
         except BackendUnavailable as exc:
             log(f"skipping {name}: {exc}")
-            skipped.append({"name": name, "spec": spec, "skipped": str(exc)})
+            skipped.append({"name": name, "spec": redact_value(spec), "skipped": str(exc)})
             continue
         verdicts[name] = frame["_verdict"].values
         stats = agreement(control[gold_col], frame["_verdict"], name=name, n_boot=n_boot, seed=seed)
         summary = judge.summary.to_dict() if getattr(judge, "summary", None) else None
-        results.append({"name": name, "spec": spec, "agreement": stats.to_dict(),
+        results.append({"name": name, "spec": redact_value(spec), "agreement": stats.to_dict(),
                         "verdicts": verdict_counts(frame["_verdict"]), "generation": summary})
     if not results:
         raise UserError("no candidate judge could run: " + "; ".join(f"{s['name']}: {s['skipped']}" for s in skipped))

@@ -7,7 +7,10 @@ from a *responder*: scripted text (``ScriptedResponder``) or a tiny HF model
 ``Retry-After: 0``), HTTP 500, a slow answer (``slow_seconds`` of sleep, meant to exceed the
 client's timeout) and malformed JSON (HTTP 200 with a truncated body). The completion
 length may come as ``max_tokens`` or ``max_completion_tokens``; ``token_limit_fields``
-counts which one each request used.
+counts which one each request used. With ``cut_at_limit=True`` a reply longer than that
+limit is cut to it and answered with ``finish_reason: length``, as a real server does
+(whitespace-split words stand in for tokens, as in the usage block). A query string on the
+URL (``/v1/chat/completions?api-version=...``) is ignored.
 
 Fault draws are seeded per request *content*: the n-th arrival of a given body draws from
 ``Random(f"{seed}:{sha256(body)}:{n}")``, so which requests fail does not depend on the
@@ -25,8 +28,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
-Responder = Callable[[list[dict], dict], str]  # (messages, body) -> reply text
+
+@dataclass(frozen=True)
+class Reply:
+    """A responder's answer with its finish reason (a plain ``str`` means ``stop``)."""
+
+    text: str
+    finish_reason: str = "stop"
+
+
+Responder = Callable[[list[dict], dict], "str | Reply"]  # (messages, body) -> reply
 
 FAULTS = ("429", "500", "slow", "malformed")
 # OpenAI's newer models take only max_completion_tokens; most other servers take max_tokens
@@ -105,7 +118,7 @@ class HFResponder:
 
         self.backend = HFBackend(model, **options)
 
-    def __call__(self, messages: list[dict], body: dict) -> str:
+    def __call__(self, messages: list[dict], body: dict) -> Reply:
         from robalign.evaluation.backends import GenerationRequest
 
         request = GenerationRequest(
@@ -116,17 +129,17 @@ class HFResponder:
         response = self.backend.generate([request])[0]
         if not response.ok:
             raise ResponderError(400, response.reason)
-        return response.text
+        return Reply(response.text, response.finish_reason or "stop")
 
 
 class LocalOpenAIServer:
     """``with LocalOpenAIServer(responder, Faults(...)) as server: ... server.base_url``."""
 
     def __init__(self, responder: Responder | None = None, faults: Faults | None = None, host: str = "127.0.0.1",
-                 port: int = 0, model_name: str = "local-model"):
+                 port: int = 0, model_name: str = "local-model", cut_at_limit: bool = False):
         self.responder = responder or ScriptedResponder()
         self.faults = faults or Faults()
-        self.model_name = model_name
+        self.model_name, self.cut_at_limit = model_name, cut_at_limit
         # "chat" = chat requests received; one count per outcome (ok, 429, ...); in_flight, max_in_flight
         self.counts: Counter[str] = Counter()
         self.authorizations: Counter[str] = Counter()  # Authorization header values seen (tests)
@@ -210,12 +223,15 @@ class LocalOpenAIServer:
         if fault == "slow":
             time.sleep(self.faults.slow_seconds)
         try:
-            text = self.responder(messages, body)
+            reply = self.responder(messages, body)
         except ResponderError as exc:
             with self._lock:
                 self.counts[f"error {exc.status}"] += 1
             return exc.status, {}, _json({"error": {"message": str(exc)}})
-        payload = _completion(body.get("model") or self.model_name, text, messages)
+        reply = reply if isinstance(reply, Reply) else Reply(reply)
+        if self.cut_at_limit:
+            reply = cut_to_limit(reply, body.get(token_limit_field(body) or "max_tokens"))
+        payload = _completion(body.get("model") or self.model_name, reply, messages)
         if fault == "malformed":
             return 200, {}, payload[: len(payload) // 2]
         return 200, {}, payload
@@ -229,15 +245,24 @@ def _json(obj) -> bytes:
     return json.dumps(obj).encode()
 
 
-def _completion(model: str, text: str, messages: list[dict]) -> bytes:
+def cut_to_limit(reply: Reply, limit) -> Reply:
+    """``reply`` cut to its first ``limit`` words, with finish_reason ``length``, if it is longer."""
+    words = reply.text.split()
+    if limit is None or len(words) <= int(limit):
+        return reply
+    return Reply(" ".join(words[: int(limit)]), "length")
+
+
+def _completion(model: str, reply: Reply, messages: list[dict]) -> bytes:
     # whitespace-split word counts stand in for token counts in the usage block
+    text = reply.text
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
     return _json({
         "id": "chatcmpl-" + hashlib.sha256(text.encode()).hexdigest()[:12],
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reply.finish_reason}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                   "total_tokens": prompt_tokens + len(text.split())},
     })
@@ -263,18 +288,19 @@ def _make_handler(server: LocalOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 pass  # the client gave up (e.g. timed out on a slow fault)
 
         def do_GET(self):
-            if self.path.rstrip("/") in ("/v1/models", "/models"):
+            path = urlsplit(self.path).path.rstrip("/")
+            if path in ("/v1/models", "/models"):
                 self._send(200, {}, _json({"object": "list", "data": [{"id": server.model_name, "object": "model"}]}))
-            elif self.path.rstrip("/") == "/stats":
+            elif path == "/stats":
                 self._send(200, {}, _json(server.stats()))
             else:
-                self._send(404, {}, _json({"error": {"message": f"no route {self.path}"}}))
+                self._send(404, {}, _json({"error": {"message": f"no route {urlsplit(self.path).path}"}}))
 
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
-            if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-                self._send(404, {}, _json({"error": {"message": f"no route {self.path}"}}))
+            if urlsplit(self.path).path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+                self._send(404, {}, _json({"error": {"message": f"no route {urlsplit(self.path).path}"}}))
                 return
             self._send(*server.handle_chat(raw, self.headers.get("Authorization")))
 

@@ -5,16 +5,34 @@ anywhere. The whole request list goes to the engine in one call (vLLM schedules 
 continuous batches) with prefix caching on: CLEAR-Bias prompts share long instruction
 prefixes. Each request carries its own ``SamplingParams`` seed derived from
 (seed, sample_index) like the ``hf`` backend, so samples do not depend on batch company.
+
+Prompts go to the engine as token ids (``engine_inputs``), the same ids the ``hf`` backend
+feeds its model: given text, vLLM tokenizes it with the tokenizer's special tokens, and a
+chat template that writes its own BOS (Llama 3) would get a second one in front.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
-from robalign.evaluation.hf_backend import model_identity, render_chat, row_seed
+from robalign.evaluation.hf_backend import model_identity, prompt_token_ids, row_seed
 from robalign.models.loading import load_tokenizer, resolve_model_path
+
+
+def engine_inputs(tokenizer, requests: Sequence[GenerationRequest]) -> tuple[list[dict], list[dict[str, Any]]]:
+    """(prompts, sampling parameters) for ``LLM.generate``, one each per request: prompts as
+    ``{"prompt_token_ids": [...]}`` (a vLLM ``TokensPrompt``), parameters as the keyword
+    arguments of ``SamplingParams``. Pure: needs the tokenizer, not vllm."""
+    prompts = [{"prompt_token_ids": prompt_token_ids(tokenizer, r.messages)} for r in requests]
+    params = [
+        dict(max_tokens=int(r.max_new_tokens), temperature=float(r.temperature), top_p=float(r.top_p),
+             seed=row_seed(r.seed, r.sample_index) if r.temperature > 0 else None)
+        for r in requests
+    ]
+    return prompts, params
 
 
 class VLLMBackend:
@@ -35,7 +53,9 @@ class VLLMBackend:
         self._tokenizer = None
 
     def identity(self) -> dict[str, str]:
-        return model_identity("vllm", self.model_name, self.revision, self._load_tokenizer)
+        # vLLM runs on CUDA only; dtype "auto" follows the checkpoint's config, itself fingerprinted
+        return model_identity("vllm", self.model_name, self.revision, self._load_tokenizer,
+                              self.engine_args["dtype"], "cuda")
 
     def _load_tokenizer(self):
         if self._tokenizer is None:
@@ -54,20 +74,13 @@ class VLLMBackend:
             self._llm = vllm.LLM(**{k: v for k, v in self.engine_args.items() if v is not None})
         return self._llm
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        return render_chat(self._load_tokenizer(), messages)
-
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
                  ) -> list[GenerationResponse]:
         llm = self._engine()
         from vllm import SamplingParams
 
-        params = [
-            SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                           seed=row_seed(r.seed, r.sample_index) if r.temperature > 0 else None)
-            for r in requests
-        ]
-        outputs = llm.generate([self.render(r.messages) for r in requests], params, use_tqdm=False)
+        prompts, params = engine_inputs(self._load_tokenizer(), requests)
+        outputs = llm.generate(prompts, [SamplingParams(**p) for p in params], use_tqdm=False)
         results = []
         for i, out in enumerate(outputs):
             completion = out.outputs[0]

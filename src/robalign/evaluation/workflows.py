@@ -18,7 +18,8 @@ from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest
 from robalign.evaluation.cache import CachedBackend, ResponseCache
 from robalign.evaluation.judges import Judge, JudgeItem, LLMJudge
-from robalign.evaluation.parsers import FAILED, UNPARSED
+from robalign.evaluation.labels import FAILED, UNPARSED
+from robalign.evaluation.specs import redact_value, reject_secrets
 
 
 def open_cache(no_cache: bool = False, path: str | Path | None = None) -> ResponseCache | None:
@@ -35,6 +36,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
             raise UserError(f"option '{pair}' is not KEY=VALUE (e.g. -o concurrency=4)")
         key, value = pair.split("=", 1)
         options[key.strip()] = yaml.safe_load(value) if value else ""
+    reject_secrets(options, "-o option")
     return options
 
 
@@ -48,7 +50,8 @@ def run_record(args=None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")} if args is not None else {},
+        # redact_value: a URL in --model / --judge may carry a key in its user info or query
+        "args": {k: redact_value(v) for k, v in vars(args).items() if not k.startswith("_")} if args is not None else {},
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "robalign": robalign_version, "python": platform.python_version(), "git_commit": commit,
     }

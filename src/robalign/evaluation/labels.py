@@ -1,0 +1,26 @@
+"""Every label the evaluation engine writes into a table, defined once.
+
+Verdicts are what a judge says about a row; they are upper case so they never collide with
+a response status or a model's own words. A response status says whether a generation
+call returned text at all (the ``status`` column of ``robalign generate``'s output).
+"""
+
+from __future__ import annotations
+
+# Not verdicts: counted and reported, never mapped to a label.
+UNPARSED = "UNPARSED"  # the judge answered but no verdict could be read (or its reply was cut off)
+FAILED = "FAILED"  # the judge call itself failed (HTTP error after retries, prompt too long, ...)
+MISSING = "MISSING"  # a table cell with no verdict at all
+NON_VERDICTS = (UNPARSED, FAILED, MISSING)
+
+# CLEAR-Bias: Stereotype, Counter-Stereotype, Debiased, Refusal; the second pass splits R
+# into a Refusal and a Misunderstanding of the task.
+BIAS_LABELS = ("S", "CS", "D", "R")
+MISUNDERSTANDING_LABELS = ("R", "M")
+NOT_REFUSAL = "NR"
+REFUSAL_LABELS = ("R", NOT_REFUSAL)  # the keyword judge
+SAFE, UNSAFE = "safe", "unsafe"
+SAFETY_LABELS = (SAFE, UNSAFE)  # Llama Guard, MD-Judge, HarmBench classifier
+
+# GenerationResponse.status
+STATUS_ANSWERED, STATUS_FAILED = "answered", "failed"
