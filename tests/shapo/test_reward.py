@@ -44,7 +44,7 @@ def test_bradley_terry_and_soft_labels_by_hand():
 @pytest.mark.parametrize("kind", ["reward", "cost"])
 def test_reward_and_cost_models_learn_held_out_preferences(nano_llama, kind):
     torch.manual_seed(0)
-    model, tok = load_reward_model(str(nano_llama))
+    model, tok, _ = load_reward_model(str(nano_llama), allow_new_head=True)  # a fresh head, trained next
     pairs = tokenize_pairs(synthetic_pairs(240, seed=1), tok, 96, 64).pairs
     train_pairs, held = pairs[:200], pairs[200:]
     untrained = (reward_margins(model, held, tok.pad_token_id, kind) > 0).float().mean().item()

@@ -40,19 +40,19 @@ def run(args) -> int:
     import torch
 
     from robalign.data.preference import data_fingerprint, load_pairs, split_holdout
-    from robalign.data.tokenize import tokenize_pairs
     from robalign.models.loading import model_fingerprint
     from robalign.provenance import run_record, write_json_atomic
-    from robalign.training.reward import INFO_FILE, load_reward_model, train_reward_model
+    from robalign.training.reward import INFO_FILE, load_reward_model, tokenize_for_reward, train_reward_model
 
     torch.manual_seed(args.seed)
     pairs = load_pairs(args.data, format=args.format, split=args.split, limit=args.limit)
     train, held = split_holdout(pairs, args.eval_fraction, args.seed)
-    model, tokenizer = load_reward_model(args.model)
+    reward = load_reward_model(args.model, allow_new_head=True)  # a causal LM gets a fresh head to train
+    model, tokenizer = reward.model, reward.tokenizer
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kw = dict(max_length=args.max_length, max_prompt_length=args.max_prompt_length, source=args.data)
-    tok_train = tokenize_pairs(train, tokenizer, **kw).pairs
-    tok_held = tokenize_pairs(held, tokenizer, **kw).pairs
+    tok_train = tokenize_for_reward(train, reward, **kw).pairs
+    tok_held = tokenize_for_reward(held, reward, **kw).pairs
     kind = "cost" if args.cost else "reward"
     result = train_reward_model(model, tok_train, tok_held, tokenizer.pad_token_id, kind, args.epochs,
                                 args.batch_size, args.lr, args.seed,
@@ -60,7 +60,8 @@ def run(args) -> int:
     out = Path(args.out)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    summary = {"kind": kind, "base_model": args.model, "base_model_fingerprint": model_fingerprint(args.model),
+    summary = {"kind": kind, "layout": reward.layout, "base_model": args.model,
+               "base_model_fingerprint": model_fingerprint(args.model),
                "data": args.data, "train_fingerprint": data_fingerprint(train), "train_pairs": len(tok_train),
                "steps": result.steps, "final_train_loss": result.final_train_loss,
                "eval_accuracy": result.eval_accuracy, "eval_loss": result.eval_loss, "eval_pairs": result.eval_pairs,

@@ -1,8 +1,10 @@
 """Reward and cost models for reward-level ShaPO, and the soft labels they give.
 
-A reward model maps (prompt, response) to a scalar r; it is a transformers sequence-
-classification model with one label (any causal LM loads as one: its backbone plus a fresh
-scalar ``score`` head, read at the last non-pad token). Trained with the Bradley–Terry loss
+A reward model maps (prompt, response) to a scalar r: a transformers sequence classifier with
+one label (score read at the last non-pad token) or a safe-rlhf score model (``score_head``,
+read at the last token, scored on its own conversation text); see
+``robalign.models.reward_heads``. Scoring refuses a model whose head is not in its weights;
+only ``train-reward`` gives a causal LM a fresh scalar head. Trained with the Bradley–Terry loss
 
     L = −log σ(s·(o(y_w) − o(y_l))),   s = +1 for a reward model, −1 for a cost model,
 
@@ -21,38 +23,66 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from robalign.data.tokenize import TokenizedPair, collate_pairs
+from robalign.data.preference import PreferencePair
+from robalign.data.tokenize import TokenizedPair, TokenizeResult, collate_pairs, tokenize_pairs
 from robalign.errors import UserError
+from robalign.models.reward_heads import safe_rlhf_text
 
 INFO_FILE = "robalign_reward.json"  # kind (reward | cost) and how the model was trained
 KINDS = ("reward", "cost")
 
 
-def load_reward_model(name_or_path: str, dtype: str = "float32"):
-    """(model, tokenizer): a one-label sequence classifier; a causal LM gets a new scalar head."""
-    from transformers import AutoModelForSequenceClassification
+class RewardModel(NamedTuple):
+    model: torch.nn.Module  # model(input_ids, attention_mask).logits: (B, 1)
+    tokenizer: object
+    layout: str  # sequence_classification | safe_rlhf (robalign.models.reward_heads)
 
+
+def load_reward_model(name_or_path: str, dtype: str = "float32", allow_new_head: bool = False) -> RewardModel:
+    """A scalar scorer whose head is read from the checkpoint (a UserError when it is missing or
+    would be newly initialised). ``allow_new_head``: a causal LM gets a fresh scalar head, for
+    ``train-reward`` to train; nothing else should pass it."""
     from robalign.models.loading import DTYPES, load_tokenizer, resolve_model_path
+    from robalign.models.reward_heads import load_head_model
 
     tokenizer = load_tokenizer(name_or_path)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(name_or_path), num_labels=1, dtype=getattr(torch, DTYPES.get(dtype, "float32")))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"could not load '{name_or_path}' as a one-output reward model: {exc}. Give a causal LM "
-                        "or a sequence-classification model with num_labels=1") from None
-    model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
-    return model, tokenizer
+    model, layout = load_head_model(resolve_model_path(name_or_path), getattr(torch, DTYPES.get(dtype, "float32")),
+                                    allow_new_head)
+    model.config.pad_token_id = tokenizer.pad_token_id  # transformers reads the score at the last non-pad token
+    return RewardModel(model, tokenizer, layout)
 
 
-def reward_kind(name_or_path: str, cost_flag: bool) -> str:
-    """``cost`` or ``reward``: from the model's robalign_reward.json when it has one, else from --cost."""
+def tokenize_for_reward(pairs: list[PreferencePair], reward: RewardModel, max_length: int, max_prompt_length: int,
+                        source: str = "data") -> TokenizeResult:
+    """Token ids as the reward model reads them: a safe-rlhf model gets its conversation text
+    with prompt and response tokenized together (as safe-rlhf does); any other model gets the
+    trainer's tokenization (chat template, prompt and responses apart)."""
+    if reward.layout != "safe_rlhf":
+        return tokenize_pairs(pairs, reward.tokenizer, max_length, max_prompt_length, source=source)
+    tok, out, truncated = reward.tokenizer, [], 0
+    for pair in pairs:
+        seqs = []
+        for response in (pair.chosen, pair.rejected):
+            ids = tok(safe_rlhf_text(pair.prompt, response, tok.eos_token, pair.id))["input_ids"] + [tok.eos_token_id]
+            if len(ids) > max_length:  # keep BOS and the end: the score is read at the last token
+                ids, truncated = ids[:1] + ids[len(ids) - max_length + 1 :], truncated + 1
+            seqs.append(tuple(ids))
+        out.append(TokenizedPair(pair.id, (), seqs[0], seqs[1], pair.soft_label))
+    return TokenizeResult(out, [], truncated)
+
+
+def reward_kind(name_or_path: str, cost_flag: bool, model_config=None) -> str:
+    """``cost`` or ``reward``: from robalign_reward.json when the model has one, else from a
+    safe-rlhf config's ``score_type``, else from --cost."""
     info = Path(name_or_path) / INFO_FILE
-    if not info.is_file():
+    if info.is_file():
+        kind, where = json.loads(info.read_text())["kind"], str(info)
+    elif getattr(model_config, "score_type", None) in KINDS:
+        kind, where = model_config.score_type, f"the config of {name_or_path} (score_type)"
+    else:
         return "cost" if cost_flag else "reward"
-    kind = json.loads(info.read_text())["kind"]
     if cost_flag and kind != "cost":
-        raise UserError(f"--cost given, but {info} says this is a {kind} model; drop --cost")
+        raise UserError(f"--cost given, but {where} says this is a {kind} model; drop --cost")
     return kind
 
 
