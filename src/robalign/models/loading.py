@@ -47,14 +47,30 @@ def _hub_cache_dir(model_id: str) -> Path | None:
     return Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}"
 
 
+def _packaged_dir(name: str) -> Path | None:
+    """The pulled directory of a registered packaged model (``robalign models list``); None
+    when ``name`` is not registered; ModelNotFound with the pull command when not pulled."""
+    from robalign.models.registry import pulled_path
+
+    try:
+        return pulled_path(name)
+    except UserError as exc:
+        raise ModelNotFound(str(exc)) from None
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """A local directory, or a hub id; raise ModelNotFound with the fix for a missing path.
-    With HF_HUB_OFFLINE set, a hub id must already be in the local HF cache."""
+    """A local directory, a registered packaged model's pulled directory, or a hub id; raise
+    ModelNotFound with the fix for a missing path or an unpulled packaged model. A local
+    directory wins over a packaged model of the same name. With HF_HUB_OFFLINE set, a hub id
+    must already be in the local HF cache."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"model directory {path} has no config.json; is it a save_pretrained directory?")
         return str(path)
+    packaged = _packaged_dir(name_or_path)
+    if packaged is not None:
+        return str(packaged)
     cached = _hub_cache_dir(name_or_path)
     offline_miss = _offline() and not (cached and cached.is_dir())
     if _looks_local(name_or_path) or offline_miss or path.exists():
@@ -62,7 +78,8 @@ def resolve_model_path(name_or_path: str) -> str:
             f"model path '{name_or_path}' does not exist"
             + (" (and HF_HUB_OFFLINE is set, so it is not looked up on the hub, and it is not in the local "
                "HF cache)" if _offline() else "")
-            + f". Build a tiny one with `robalign tiny-model --out {name_or_path}` or give a hub id."
+            + f". Build a tiny one with `robalign tiny-model --out {name_or_path}`, name a packaged model "
+            "(`robalign models list`), or give a hub id."
         )
     return name_or_path
 
@@ -117,8 +134,11 @@ def model_fingerprint(name_or_path: str, revision: str | None = None) -> str:
     read per file). Retraining rewrites whole matrices, so the sampled blocks change; an
     edit confined to bytes between two blocks of a large file is not seen: give a
     ``revision`` label, which is hashed in, to force a new id. Modification times are not
-    used. Hub id: the id and ``hub_revision`` (the commit sha when known offline)."""
+    used. Packaged model name: its pulled directory, so the name and the path give one id.
+    Hub id: the id and ``hub_revision`` (the commit sha when known offline)."""
     path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        path = _packaged_dir(name_or_path) or path
     h = hashlib.sha256()
     if not path.is_dir():
         h.update(json.dumps([name_or_path, hub_revision(name_or_path, revision)]).encode())
