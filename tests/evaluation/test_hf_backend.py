@@ -105,3 +105,17 @@ def test_threads_option_applies_only_while_generating(nano_llama):
     backend._generate_batch = lambda reqs, prompts: seen.append(torch.get_num_threads()) or []
     backend.generate(requests()[:1])
     assert seen == [1] and torch.get_num_threads() == 2
+
+
+def test_dtype_and_device_are_in_the_cache_key(nano_llama, tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    CachedBackend(HFBackend(str(nano_llama)), cache).generate(requests()[:1])
+    same = CachedBackend(HFBackend(str(nano_llama), device="cpu"), cache)  # default device here is the CPU
+    same.generate(requests()[:1])
+    assert same.summary.cache_hits == 1
+    half = CachedBackend(HFBackend(str(nano_llama), dtype="bfloat16"), cache)
+    half.generate(requests()[:1])
+    assert half.summary.cache_misses == 1 and half.summary.answered == 1  # generated again, in bf16
+    identities = [HFBackend(str(nano_llama), device=d).identity() for d in ("cpu", "cpu:0", "cuda", "cuda:1")]
+    assert [i["device"] for i in identities] == ["cpu", "cpu", "cuda", "cuda"]
+    assert identities[0] != identities[2]  # GPU kernels answer differently: a separate cache entry

@@ -253,3 +253,36 @@ def test_any_response_body_parses_or_fails_cleanly(body):
     assert (attempt.response is not None) != bool(attempt.reason)
     if attempt.response is not None:
         assert isinstance(attempt.response.text, str)
+
+
+@pytest.mark.parametrize("change", [
+    {"extra_body": {"top_k": 5}},
+    {"extra_body": {"stop": ["\n"]}},
+    {"extra_body": {"repetition_penalty": 1.2}},
+    {"extra_body": {"reasoning_effort": "low"}},
+    {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+    {"revision": "2024-08-06"},
+], ids=["top_k", "stop", "repetition_penalty", "reasoning_effort", "thinking", "revision"])
+def test_every_option_that_changes_the_answer_is_a_cache_miss(change, serve, tmp_path):
+    server = serve()
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    base = {"backend": "openai", "model": "m", "base_url": server.base_url}
+    CachedBackend(build_backend(base), cache).generate(prompts(2))
+    CachedBackend(build_backend(base), cache).generate(prompts(2))
+    assert server.chat_requests == 2  # the re-run was served from the cache
+    changed = CachedBackend(build_backend({**base, **change}), cache)
+    changed.generate(prompts(2))
+    assert server.chat_requests == 4 and changed.summary.cache_misses == 2
+    CachedBackend(build_backend({**base, **change}), cache).generate(prompts(2))
+    assert server.chat_requests == 4  # and the changed spec has its own cached answers
+
+
+def test_summary_warns_of_an_unpinned_alias_and_counts_served_models(serve, tmp_path):
+    server = serve(model_name="local-model")
+    unpinned = CachedBackend(build_backend(f"openai:m@{server.base_url}"), None)
+    unpinned.generate(prompts(3))
+    assert unpinned.summary.served_models == {"m": 3}  # the local server reports the requested name
+    assert "alias" in unpinned.summary.line() and "revision" in unpinned.summary.notes[0]
+    pinned = CachedBackend(build_backend(f"openai:m@{server.base_url}", revision="2024-08-06"), None)
+    pinned.generate(prompts(1))
+    assert pinned.summary.notes == [] and "alias" not in pinned.summary.line()
