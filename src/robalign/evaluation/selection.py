@@ -25,6 +25,7 @@ from robalign.evaluation.backends import BackendUnavailable
 from robalign.evaluation.cache import ResponseCache
 from robalign.evaluation.judges import build_judge, judge_label, parse_judge_spec
 from robalign.evaluation.specs import redact_value  # specs written to selection.json: no URL secrets
+from robalign.evaluation.tables import write_table
 from robalign.evaluation.workflows import judge_frame, judge_items, verdict_counts, write_json
 
 
@@ -95,7 +96,7 @@ def select_judge(control: pd.DataFrame, judges: list[tuple[str, Any]], out_dir: 
               "control_rows": len(control)}
     write_json(out_dir / "winner.json", record)
     write_json(out_dir / "selection.json", {"ranking": ranking, "skipped": skipped, "winner": record})
-    verdicts.to_csv(out_dir / "verdicts.csv", index=False)
+    write_table(verdicts, out_dir / "verdicts.csv")
     return {"ranking": ranking, "skipped": skipped, "winner": record}
 
 

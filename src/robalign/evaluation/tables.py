@@ -1,4 +1,30 @@
-"""Reading and writing row tables (CSV, JSONL, Parquet), and the CLEAR-Bias control set.
+"""Reading and writing row tables (CSV, TSV, JSONL, JSON, Parquet, each optionally gzipped),
+and the CLEAR-Bias control set.
+
+Round trip. Every format gives back exactly the text it was given: carriage returns
+(bare ``\\r`` and ``\\r\\n``), U+2028 / U+2029 / U+0085, NUL, quotes, delimiters and fields
+of any length. ``read_table(write_table(read_table(f)))`` equals ``read_table(f)``, dtypes
+included. How each format gets there:
+
+* CSV / TSV are written with every text field quoted (``csv.QUOTE_NONNUMERIC``) and ``\\n``
+  between rows. Python's writer quotes a field only when it holds the delimiter, a quote or
+  a character of the line terminator, so a bare ``\\r`` used to go out unquoted and every
+  reader split the row there (a 602-row ``judge run`` output read back as 604 rows).
+  They are read with pandas' C parser, which keeps ``\\r``, ``\\r\\n`` and NUL inside quoted
+  fields. CSV has no types, so every field is read as text and a column becomes numbers
+  only when the conversion loses nothing: all its non-empty fields are the canonical
+  spelling of integers (``-12``; blanks make it nullable ``Int64``), of ``True`` /
+  ``False``, or of floats as ``repr`` writes them (``0.1``, ``1e-07``, ``inf``). ``007``,
+  ``1.50``, ``1e5``, ``nan`` or `` 3`` keep the column as text, so an id such as ``007``
+  comes back as ``007``. An empty field is a missing number in a numeric column and the
+  empty string in a text column: CSV cannot tell a missing text from an empty one, so a
+  missing text value reads back as ``""`` (use JSONL or Parquet to keep the difference).
+* JSONL / JSON are written one record per line with ``json.dumps`` (floats exact, NaN as
+  ``null``, ±inf as ``Infinity`` which Python's json reads) and U+2028, U+2029 and U+0085
+  written as ``\\u`` escapes: they are not JSON whitespace, but ``str.splitlines`` and
+  many line readers break lines there. They are read with ``json.loads`` one ``\\n``-line
+  at a time, so no column is turned into dates or floats behind the user's back.
+* Parquet stores types and text itself; ``.parquet.gz`` is a gzipped Parquet file.
 
 The CLEAR-Bias control set (``control_set/control_set_{CTO,SC}.csv``: BIAS CATEGORY, PROMPT,
 RESPONSE, LABEL) carries no stereotype fields, which the rule judge needs. They come from
@@ -12,10 +38,16 @@ base prompt by a quote pair or one extra sentence; 2 more only by "Context:I" sp
 
 from __future__ import annotations
 
+import csv
 import difflib
+import gzip
+import io
+import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from robalign.errors import UserError
@@ -24,6 +56,10 @@ SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 CONTROL_FILES = {"CTO": "control_set_CTO.csv", "SC": "control_set_SC.csv"}
 BASE_FILES = {"CTO": "base_prompts_CTO.csv", "SC": "base_prompts_SC.csv"}
 STEREOTYPE_COLUMNS = ("STEREOTYPE", "COUNTER-STEREOTYPE")
+# line breaks for str.splitlines that JSON leaves unescaped: escape them so any line reader works
+_JSON_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+_CANONICAL_INT = r"0|-?[1-9][0-9]*"  # not "-0", "+1", "01"
+_INT64 = np.iinfo(np.int64)
 
 
 def _kind(path: Path) -> str:
@@ -32,6 +68,10 @@ def _kind(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     raise UserError(f"{path}: unknown table format; use one of {', '.join(SUFFIXES)} (optionally .gz)")
+
+
+def _gzipped(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -46,34 +86,123 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise UserError(f"data file {path} does not exist")
     kind = _kind(path)
     try:
-        if kind == ".csv":
-            return pd.read_csv(path, keep_default_na=False, na_values=[""])
-        if kind == ".tsv":
-            return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
-        if kind == ".jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        if kind == ".json":
-            return pd.read_json(path, dtype=False)
-        return pd.read_parquet(path)
-    except (ValueError, OSError) as exc:
+        data = path.read_bytes()
+        data = gzip.decompress(data) if _gzipped(path) else data
+        if kind in (".csv", ".tsv"):
+            return read_delimited(io.BytesIO(data), "," if kind == ".csv" else "\t")
+        if kind == ".parquet":
+            return pd.read_parquet(io.BytesIO(data))
+        text = data.decode("utf-8-sig")
+        return _read_json_lines(text, path) if kind == ".jsonl" else _read_json(text)
+    except (ValueError, OSError, EOFError) as exc:  # EOFError: a truncated .gz
         raise UserError(f"{path}: could not read as {kind} ({exc})") from None
+
+
+def read_delimited(source, sep: str = ",") -> pd.DataFrame:
+    """CSV (``sep=","``) or TSV: every field read as text, then each column typed by
+    ``typed_column`` (see the module doc)."""
+    df = pd.read_csv(source, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+    return pd.DataFrame({name: typed_column(df[name]) for name in df.columns}, columns=df.columns)
+
+
+def typed_column(column: pd.Series) -> pd.Series:
+    """Text fields -> int64 / Int64, bool, float64 when every non-empty field is the exact
+    spelling that writing the number gives back; otherwise the text unchanged."""
+    filled = column[column != ""]
+    if filled.empty:
+        return column
+    blank = column == ""
+    if filled.str.fullmatch(_CANONICAL_INT).all() and filled.str.len().max() <= 20:  # int64 has 19 digits
+        ints = [int(x) for x in filled]
+        if _INT64.min <= min(ints) and max(ints) <= _INT64.max:
+            values = [None if b else int(x) for x, b in zip(column, blank)]
+            return pd.Series(values, index=column.index, dtype="Int64" if blank.any() else "int64")
+    if filled.isin(["True", "False"]).all() and not blank.any():
+        return column == "True"
+    try:
+        floats = filled.astype(float)
+    except ValueError:
+        return column
+    if floats.isna().any() or not all(repr(f) == s for f, s in zip(floats, filled)):
+        return column  # 'nan' stays text: it would write back as an empty field
+    return pd.Series([math.nan if b else float(x) for x, b in zip(column, blank)], index=column.index,
+                     dtype="float64")
+
+
+def _read_json_lines(text: str, path: Path) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 inside a string is no break
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}: line {number} is not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {number} is a JSON {type(row).__name__}, not an object; "
+                            "JSONL holds one {\"column\": value, ...} object per line")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _read_json(text: str) -> pd.DataFrame:
+    data = json.loads(text)
+    if isinstance(data, dict):  # {"column": {"0": value, ...}}, pandas' default orient
+        return pd.DataFrame(data).reset_index(drop=True)
+    if not isinstance(data, list):
+        raise ValueError("expected a list of records or a mapping of columns")
+    return pd.DataFrame(data)
+
+
+def _json_value(value):
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return str(value)
+
+
+def json_lines(df: pd.DataFrame) -> list[str]:
+    """One JSON object per row, U+2028 / U+2029 / U+0085 escaped (see the module doc)."""
+    return [json.dumps({str(k): _json_value(v) for k, v in row.items()}, ensure_ascii=False,
+                       default=_json_default).translate(_JSON_LINE_BREAKS)
+            for row in df.to_dict(orient="records")]
+
+
+def _encode(df: pd.DataFrame, kind: str) -> bytes:
+    if kind in (".csv", ".tsv"):
+        text = df.to_csv(index=False, sep="," if kind == ".csv" else "\t", quoting=csv.QUOTE_NONNUMERIC,
+                         lineterminator="\n")
+        return text.encode("utf-8")
+    if kind == ".jsonl":
+        return "".join(line + "\n" for line in json_lines(df)).encode("utf-8")
+    if kind == ".json":
+        return ("[\n" + ",\n".join(json_lines(df)) + "\n]\n").encode("utf-8")
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write by suffix, through a temporary file so a crash never leaves half a table."""
     path = Path(path)
     kind = _kind(path)
+    try:
+        data = _encode(df, kind)
+    except (ValueError, TypeError, ImportError) as exc:  # pyarrow: a column mixing types
+        raise UserError(f"{path}: could not write as {kind} ({exc}); a column mixing types can be "
+                        "written as .jsonl") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    gz = "gzip" if path.name.lower().endswith(".gz") else None  # the .partial name hides the suffix
-    if kind in (".csv", ".tsv"):
-        df.to_csv(tmp, index=False, sep="," if kind == ".csv" else "\t", compression=gz)
-    elif kind == ".jsonl":
-        df.to_json(tmp, orient="records", lines=True, force_ascii=False, compression=gz)
-    elif kind == ".json":
-        df.to_json(tmp, orient="records", force_ascii=False, indent=1, compression=gz)
-    else:
-        df.to_parquet(tmp, index=False)
+    tmp.write_bytes(gzip.compress(data, mtime=0) if _gzipped(path) else data)
     tmp.replace(path)
     return path
 
@@ -106,13 +235,13 @@ def load_control_set(path: str | Path) -> pd.DataFrame:
         raise UserError(f"{path}: no {CONTROL_FILES['CTO']} here or in {path}/control_set")
     frames = []
     for task, name in CONTROL_FILES.items():
-        df = pd.read_csv(root / name, keep_default_na=False)
+        df = read_table(root / name)
         require_columns(df, ["BIAS CATEGORY", "PROMPT", "RESPONSE", "LABEL"], str(root / name))
         df.insert(0, "ID", [f"control/{task}/{i}" for i in range(len(df))])
         df.insert(1, "TASK", task)
         base = root.parent / "base_prompts" / BASE_FILES[task]
         if base.is_file():
-            df, _ = join_base_prompts(df, pd.read_csv(base, keep_default_na=False))
+            df, _ = join_base_prompts(df, read_table(base))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
@@ -131,7 +260,7 @@ def read_base_prompts(directory: str | Path) -> pd.DataFrame:
     if not files:
         raise UserError(f"{directory}: no {' or '.join(BASE_FILES.values())} here; point --base-prompts at the "
                         "CLEAR-Bias base_prompts folder")
-    frames = [pd.read_csv(f, keep_default_na=False) for f in files]
+    frames = [read_table(f) for f in files]
     for f, frame in zip(files, frames):
         require_columns(frame, ["PROMPT", *STEREOTYPE_COLUMNS], str(f))
     return pd.concat(frames, ignore_index=True)
