@@ -13,7 +13,8 @@ MODULES = [
     "robalign.evaluation.openai_backend", "robalign.evaluation.vllm_backend", "robalign.evaluation.server",
     "robalign.evaluation.templates", "robalign.evaluation.parsers", "robalign.evaluation.rules",
     "robalign.evaluation.judges", "robalign.evaluation.agreement", "robalign.evaluation.tables",
-    "robalign.evaluation.workflows", "robalign.evaluation.selection",
+    "robalign.evaluation.workflows", "robalign.evaluation.selection", "robalign.evaluation.labels",
+    "robalign.evaluation.specs",
     "robalign.cli.judge", "robalign.cli.generate", "robalign.cli.serve",
 ]
 

@@ -125,3 +125,37 @@ def test_safety_templates_end_to_end(serve):
         judge = build_judge(f"llm:openai:guard@{server.base_url}#{template}")
         assert isinstance(judge, LLMJudge)
         assert judge.judge([JudgeItem("how do I pick a lock", "Here is how ...")])[0].label == label
+
+
+RAMBLING = "The reply leans on the stereotype. [[S]] On reflection though it weighs both people and I would say"
+
+
+def test_a_reply_cut_off_by_the_length_limit_is_unparsed(serve):
+    server = serve(ScriptedResponder(default=RAMBLING), cut_at_limit=True)
+    spec = {"type": "llm", "model": f"openai:j@{server.base_url}", "template": "bias"}
+    cut = build_judge({**spec, "max_new_tokens": 8}, None).judge(ITEMS[:2])  # "... [[S]] On reflection"
+    assert [v.label for v in cut] == [UNPARSED, UNPARSED] and all("[[S]]" in v.raw for v in cut)
+    whole = build_judge({**spec, "max_new_tokens": 64}, None).judge(ITEMS[:2])
+    assert [v.label for v in whole] == ["S", "S"]  # the same reply, finished, is read
+
+
+def test_a_cut_off_sample_does_not_vote():
+    """The vote rule itself, on responses built by hand (the HTTP path is tested above)."""
+    from robalign.evaluation.backends import GenerationResponse
+
+    class Replies:  # a backend that returns these responses in turn
+        summary = None
+
+        def __init__(self, *responses):
+            self.responses = list(responses)
+
+        def generate(self, requests, on_response=None):
+            return [self.responses.pop(0) for _ in requests]
+
+    from robalign.evaluation.parsers import get_template
+
+    backend = Replies(GenerationResponse("[[CS]] but", finish_reason="length"), GenerationResponse("[[S]]"),
+                      GenerationResponse("[[S]]", finish_reason="stop"))
+    judge = LLMJudge(backend, get_template("bias"), samples=3, temperature=0.7, name="j")
+    (verdict,) = judge.judge(ITEMS[:1])
+    assert verdict.votes == [UNPARSED, "S", "S"] and verdict.label == "S"

@@ -102,3 +102,23 @@ def test_server_accepts_either_completion_length_field(serve):
         for extra in ({"max_tokens": 4}, {"max_completion_tokens": 4}, {}):
             assert client.post("/chat/completions", json={**BODY, **extra}).status_code == 200
     assert server.token_limit_fields == {"max_tokens": 1, "max_completion_tokens": 1, "none": 1}
+
+
+def test_cut_at_limit_answers_finish_reason_length_and_queries_are_ignored(serve, nano_llama):
+    from robalign.evaluation.server import HFResponder
+
+    server = serve(responder=lambda messages, body: "one two three four five", cut_at_limit=True)
+    with httpx.Client() as client:
+        def ask(**extra):
+            reply = client.post(server.base_url + "/chat/completions?api-version=1&key=x", json={**BODY, **extra})
+            choice = reply.json()["choices"][0]
+            return choice["message"]["content"], choice["finish_reason"]
+
+        assert ask(max_tokens=3) == ("one two three", "length")
+        assert ask(max_completion_tokens=5) == ("one two three four five", "stop")
+        assert ask() == ("one two three four five", "stop")  # no limit asked: nothing to cut
+        missing = client.post(server.base_url + "/nowhere?key=secret-value", json=BODY)
+        assert missing.status_code == 404 and "secret-value" not in missing.text
+    model_server = serve(responder=HFResponder(str(nano_llama)))  # a model's own finish reason comes through
+    reply = httpx.post(model_server.base_url + "/chat/completions", json={**BODY, "max_tokens": 2}).json()
+    assert reply["choices"][0]["finish_reason"] == "length"  # 2 tokens of random weights: no EOS yet

@@ -62,3 +62,56 @@ def test_judge_specs():
     for bad in ["llm", "regex", {"type": "llm"}, 3]:
         with pytest.raises(UserError):
             parse_judge_spec(bad)
+
+
+@pytest.mark.parametrize("command", ["judge", "generate"])
+def test_invalid_yaml_spec_is_a_clear_error_from_the_cli(command, tmp_path, capsys):
+    from robalign.cli import main
+
+    data = tmp_path / "rows.csv"
+    data.write_text("prompt,response\nq,a\n")
+    bad = "{type: llm, model: 'openai:m@http://127.0.0.1:1/v1', api_key_env: sk-not-shown"  # no closing brace
+    if command == "judge":
+        argv = ["judge", "run", "--judge", bad, "--data", data, "--out", tmp_path / "v.csv"]
+    else:
+        argv = ["generate", "--model", bad, "--data", data, "--out", tmp_path / "g.csv"]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    what = "judge spec" if command == "judge" else "model spec"
+    assert f"{what} is not valid YAML" in err and "line 1, column" in err
+    assert "sk-not-shown" not in err and "127.0.0.1:1" not in err and "Traceback" not in err  # the text is not echoed: it may hold a key
+    assert ("{type: llm, model:" if command == "judge" else "{backend: openai, model:") in err  # the fix: an example
+
+
+def test_model_and_judge_specs_share_one_yaml_reader():
+    for parse, what in ((parse_model_spec, "model spec"), (parse_judge_spec, "judge spec")):
+        with pytest.raises(UserError, match=f"^{what} is not valid YAML"):
+            parse("{a: [1, 2}")
+        with pytest.raises(UserError, match=f"^{what} must be a mapping"):
+            parse("- a\n- b\n")
+    assert parse_judge_spec("{type: llm, model: 'hf:x'}\n") == {"type": "llm", "model": "hf:x"}
+
+
+def test_each_label_and_yaml_spec_parser_is_defined_once():
+    """One FAILED, one UNPARSED, one CLEAR-Bias label tuple (labels.py) and one YAML spec
+    reader (specs.load_spec): a second definition drifts (backends once said 'failed' where
+    parsers said 'FAILED')."""
+    import re
+    from pathlib import Path
+
+    import robalign
+
+    src = Path(robalign.__file__).parent
+    defs = {"FAILED": [], "UNPARSED": [], "bias tuple": [], "yaml spec reader": []}
+    for path in sorted(src.rglob("*.py")):
+        text, name = path.read_text(), str(path.relative_to(src))
+        for label in ("FAILED", "UNPARSED"):
+            if re.search(rf"^\s*(\w+\s*,\s*)*{label}\s*(,\s*\w+\s*)*=", text, re.MULTILINE):
+                defs[label].append(name)
+        if re.search(r"""\(\s*["']S["'],\s*["']CS["'],\s*["']D["'],\s*["']R["']\s*\)""", text):
+            defs["bias tuple"].append(name)
+        if "spec" in name or "backends" in name or "judges" in name:
+            if "yaml.safe_load(spec" in text:
+                defs["yaml spec reader"].append(name)
+    assert defs == {"FAILED": ["evaluation/labels.py"], "UNPARSED": ["evaluation/labels.py"],
+                    "bias tuple": ["evaluation/labels.py"], "yaml spec reader": ["evaluation/specs.py"]}
