@@ -3,6 +3,8 @@
 | module            | what it holds                                                           |
 |-------------------|-------------------------------------------------------------------------|
 | backends          | request / response types, the Backend protocol, model spec strings      |
+| specs             | the one YAML spec reader, refusal of secrets in specs, URL redaction    |
+| labels            | every verdict and status label (FAILED, UNPARSED, S / CS / D / R, ...)   |
 | hf_backend        | transformers, batched with left padding, greedy or per-row seeded sampling |
 | openai_backend    | OpenAI-compatible HTTP: async, bounded concurrency, retries, cost        |
 | vllm_backend      | vLLM offline engine (GPU extra, imported lazily)                          |
