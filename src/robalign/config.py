@@ -33,11 +33,17 @@ class ConfigError(UserError, ValueError):
 # --------------------------------------------------------------------------------------------
 
 
+# weight dtypes that cannot be master weights (robalign.models.loading.DTYPES spells them all)
+LOW_PRECISION_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = "runs/tiny/nano"  # local directory (save_pretrained layout) or hub id
     revision: str | None = None  # hub revision (branch, tag or commit); ignored for local dirs
-    dtype: str = "float32"  # weight dtype at load: float32 | bfloat16 | float16 (train in float32)
+    # weight dtype at load: float32 | bfloat16 | float16. Trained weights must be float32 (bf16
+    # compute: training.precision=bf16); bfloat16 / float16 only for a frozen base under LoRA
+    dtype: str = "float32"
     trust_remote_code: bool = False
 
 
@@ -273,6 +279,11 @@ def validate_train_config(config: TrainConfig) -> None:
     t = config.training
     if t.precision not in ("fp32", "bf16"):
         raise ConfigError(f"training.precision must be fp32 or bf16, got '{t.precision}'")
+    if config.model.dtype in LOW_PRECISION_DTYPES and not config.lora.enabled:
+        raise ConfigError(f"model.dtype={config.model.dtype} trains the weights themselves in "
+                          f"{LOW_PRECISION_DTYPES[config.model.dtype]} with no fp32 master copy (small updates "
+                          "round away). Use model.dtype=float32 with training.precision=bf16 (bf16 autocast, fp32 "
+                          "master weights), or lora.enabled=true (fp32 adapters on a low-precision base)")
     if t.optimizer not in ("adamw", "rmsprop", "sgd"):
         raise ConfigError(f"training.optimizer must be adamw, rmsprop or sgd, got '{t.optimizer}'")
     if t.lr_scheduler not in ("constant", "linear", "cosine"):

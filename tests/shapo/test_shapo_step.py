@@ -220,3 +220,23 @@ def test_lora_step_perturbs_only_lora_a_columns(nano_llama, tiny_tokenizer, monk
 def test_interval():
     assert [s for s in range(12) if shapo_due(s, 5)] == [0, 5, 10]
     assert all(shapo_due(s, 1) for s in range(5))
+
+
+def test_a_perturbation_rounded_away_by_coarse_weights_is_reported(nano_llama, tiny_tokenizer):
+    """‖θ+ε − θ‖ is measured after ε is stored. bf16 weights (spacing ≈ 1.2e-4 at |w| = 0.02) keep
+    only the largest coordinates of ρ = 1e-4 spread over ~0.8M weights (≈ 1e-7 each on average):
+    measured ratio 0.12, so a warning and the metric. fp32 weights store ρ = 0.05 to within
+    rounding: ratio 1, no warning."""
+    import warnings
+
+    coarse = make_setup(nano_llama, tiny_tokenizer, dtype=torch.bfloat16)
+    pm = resolve_parameter_mask(coarse.model, "uniform")
+    with pytest.warns(RuntimeWarning, match="well below ρ = 0.0001"):
+        metrics = shapo_step(coarse.model, coarse.batches(8), coarse.reference, settings(), pm, 1e-4)
+    assert metrics["shapo/grad_norm_masked"] > 0 and metrics["shapo/eps_norm_ratio"] < 0.25
+    fine = make_setup(nano_llama, tiny_tokenizer, dtype=torch.float32)
+    pm = resolve_parameter_mask(fine.model, "uniform")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        metrics = shapo_step(fine.model, fine.batches(8), fine.reference, settings(), pm, 0.05)
+    assert metrics["shapo/eps_norm_ratio"] == pytest.approx(1.0, rel=1e-3)

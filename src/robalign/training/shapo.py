@@ -3,7 +3,8 @@
 One step, over one effective batch (all its micro-batches):
 
     g  = ∇L(θ)                          masked coordinates only
-    ε  = ρ · (M⊙g) / ‖M⊙g‖₂             fp32, on the fp32 master weights
+    ε  = ρ · (M⊙g) / ‖M⊙g‖₂             fp32, on the trainable weights (fp32 master weights: the
+                                        trainer refuses bf16 / fp16 trainable weights)
     g′ = ∇L(θ + ε)                      every trainable tensor; this is what the optimizer uses
     θ  ← θ  (restored bit for bit: the masked slices are copied back, not θ + ε − ε)
 
@@ -21,6 +22,11 @@ Data parallel (Accelerate DDP). The first pass runs under ``no_sync``; only the 
 are all-reduced (mean), so ‖M⊙g‖ is a global norm and ε is the same on every rank and equal to the
 single-process ε. The second pass is the ordinary synced pass. FSDP / DeepSpeed shard the
 parameters and would need a sharded ε; they are refused.
+
+Applied radius. ε is added in fp32 and stored in the weights' dtype; ``shapo/eps_norm`` is the
+norm actually stored, ‖θ+ε − θ‖, and ``shapo/eps_norm_ratio`` that norm over ρ. Below 0.5 (weights
+too coarse for ε, e.g. bf16 weights driven directly, or fp32 weights huge against ε) a warning
+says so, once per run and ρ: the step is then mostly the plain step.
 
 Dropout. The random-number state is replayed for the second pass, so both passes draw the same
 dropout masks and L(θ+ε) − L(θ) measures the perturbation, not dropout noise; ρ = 0 then
@@ -52,9 +58,9 @@ def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dic
 
     Metrics: TRL names at θ (as a plain step would log them) plus ``shapo/loss_gain`` =
     L(θ+ε) − L(θ) (≈ ρ‖M⊙g‖ = ``shapo/first_order_gain`` for small ρ), ``shapo/eps_norm`` (‖ε‖
-    actually applied to the weights), ``shapo/eps_autocast_moved`` (share of masked coordinates
-    whose autocast-dtype value the perturbation changes), ``shapo/grad_norm_masked``,
-    ``shapo/mask_params``.
+    actually applied to the weights), ``shapo/eps_norm_ratio`` (that norm / ρ; a warning below
+    0.5), ``shapo/eps_autocast_moved`` (share of masked coordinates whose autocast-dtype value the
+    perturbation changes), ``shapo/grad_norm_masked``, ``shapo/mask_params``.
     A non-finite ‖M⊙g‖ skips the perturbation with a warning and leaves a non-finite gradient in
     the masked tensors, so the trainer's finiteness check skips the optimizer step.
     """
@@ -87,6 +93,7 @@ def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dic
     saved = _perturb(mask, eps)
     try:
         applied = _applied_norms(mask, saved, autocast_dtype)
+        applied |= applied_radius(applied["shapo/eps_norm"], rho if grad_norm > 0 else 0.0)
         _set_rng_state(device, rng)
         perturbed = accumulate_gradients(model, micro_batches, reference, settings, accelerator, autocast_dtype)
     finally:
@@ -161,6 +168,25 @@ def _restore(mask: ParameterMask, saved: list[torch.Tensor]) -> None:
             e.param.copy_(old)
         else:
             e.param.index_copy_(e.axis, e.index, old)
+
+
+MIN_APPLIED_RATIO = 0.5  # warn when ‖θ+ε − θ‖ < 0.5·ρ: most of ε rounded away in the stored weights
+
+
+def applied_radius(applied_norm: float, intended: float) -> dict[str, float]:
+    """``shapo/eps_norm_ratio`` = ‖θ+ε − θ‖ / ρ, with a warning below MIN_APPLIED_RATIO; nothing
+    when ε = 0 by design (ρ = 0, or a zero masked gradient). The message holds no measured number,
+    so Python's warning filter shows it once per run and ρ; the metric has the number per step."""
+    if intended <= 0:
+        return {}
+    ratio = applied_norm / intended
+    if ratio < MIN_APPLIED_RATIO:
+        warnings.warn(f"ShaPO: the perturbation stored in the weights has a norm well below ρ = {intended:g} "
+                      f"(< {MIN_APPLIED_RATIO}·ρ; see shapo/eps_norm_ratio): the weights are too coarse for ε "
+                      "(bf16 / fp16 weights?) and the step is mostly the plain step. Train fp32 weights "
+                      "(model.dtype=float32, training.precision=bf16 for bf16 compute) or raise ρ",
+                      RuntimeWarning, stacklevel=3)
+    return {"shapo/eps_norm_ratio": ratio}
 
 
 @torch.no_grad()
