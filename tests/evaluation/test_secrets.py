@@ -139,5 +139,6 @@ def test_redaction_functions():
     assert redact_url("http://127.0.0.1:9/v1") == "http://127.0.0.1:9/v1"
     assert redact_urls("llm:openai:m@http://a:b@h/v1?t=s#bias and https://x/y?q") == (
         "llm:openai:m@http://***@h/v1?***#bias and https://x/y?***")
+    assert redact_urls("openai:m@ftp://u:K@h/v1") == "openai:m@ftp://***@h/v1"  # a wrong scheme is still shown safely
     assert redact_value({"token": "s", "extra": ["api_key=s", "http://u:s@h/"]}) == {
         "token": "***", "extra": ["api_key=***", "http://***@h/"]}

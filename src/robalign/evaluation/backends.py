@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from robalign.errors import UserError
 from robalign.evaluation.labels import STATUS_ANSWERED
-from robalign.evaluation.specs import load_spec, redact_url, reject_secrets
+from robalign.evaluation.specs import load_spec, redact_url, redact_urls, reject_secrets
 
 
 class BackendUnavailable(UserError):
@@ -136,17 +136,19 @@ def parse_model_spec(spec: str | dict | ModelSpec) -> ModelSpec:
     if isinstance(spec, dict):
         return _spec_from_mapping(spec)
     if not isinstance(spec, str) or ":" not in spec:
-        raise UserError(f"model spec {spec!r} has no backend prefix; {SPEC_HELP}")
+        shown = repr(redact_urls(spec)) if isinstance(spec, str) else f"of type {type(spec).__name__}"
+        raise UserError(f"model spec {shown} has no backend prefix; {SPEC_HELP}")
+    shown = repr(redact_urls(spec))  # errors below show the spec, never a key in its URL
     backend, rest = spec.split(":", 1)
     backend = backend.strip().lower()
     if backend not in BACKENDS:
-        raise UserError(f"model spec {spec!r}: unknown backend '{backend}'; {SPEC_HELP}")
+        raise UserError(f"model spec {shown}: unknown backend '{backend}'; {SPEC_HELP}")
     if not rest:
-        raise UserError(f"model spec {spec!r} names no model; {SPEC_HELP}")
+        raise UserError(f"model spec {shown} names no model; {SPEC_HELP}")
     if backend == "openai":
         match = _OPENAI_SPEC.match(rest)
         if not match:
-            raise UserError(f"model spec {spec!r}: expected openai:MODEL@http(s)://BASE_URL")
+            raise UserError(f"model spec {shown}: expected openai:MODEL@http(s)://BASE_URL")
         return ModelSpec("openai", match["model"], {"base_url": match["url"] or DEFAULT_OPENAI_URL})
     return ModelSpec(backend, *_split_revision(rest))
 

@@ -27,8 +27,9 @@ SECRET_OPTIONS = frozenset({
     "auth", "secret", "secret_key", "client_secret", "password", "passwd",
 })
 
-# a URL inside free text (a spec string, a CLI argument); stops at whitespace and quotes
-_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>{},]+", re.IGNORECASE)
+# a URL of any scheme inside free text (a spec string, a CLI argument); ends at whitespace,
+# quotes, braces and commas
+_URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>{},]+", re.IGNORECASE)
 _OPTION_PAIR = re.compile(r"^\s*([\w.-]+)\s*=")
 
 
@@ -103,7 +104,7 @@ def redact_url(url: str) -> str:
 
 
 def redact_urls(text: str) -> str:
-    """``text`` with every http(s) URL in it passed through ``redact_url``."""
+    """``text`` with every URL in it passed through ``redact_url``."""
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
