@@ -159,10 +159,13 @@ def parse_judge_spec(spec: str | dict) -> dict[str, Any]:
     if isinstance(spec, dict):
         data = dict(spec)
         kind = str(data.get("type", "")).lower()
+        keys = sorted(map(str, data))  # the keys, never the values: a value could be a secret
         if kind not in ("rule", "keyword", "llm"):
-            raise UserError(f"judge spec mapping: 'type' must be rule, keyword or llm, e.g. {JUDGE_EXAMPLE}")
+            raise UserError(f"judge spec mapping with keys {keys}: 'type' must be rule, keyword or llm, "
+                            f"e.g. {JUDGE_EXAMPLE}")
         if kind == "llm" and "model" not in data:
-            raise UserError(f"judge spec mapping: an llm judge needs 'model' (a model spec), e.g. {JUDGE_EXAMPLE}")
+            raise UserError(f"judge spec mapping with keys {keys}: an llm judge needs 'model' (a model spec), "
+                            f"e.g. {JUDGE_EXAMPLE}")
         data["type"] = kind
         return data
     if not isinstance(spec, str):
