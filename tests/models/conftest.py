@@ -73,16 +73,14 @@ def write_llama_gguf(model, tokenizer, path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_gguf(tmp_path_factory):
+def tiny_llama_gguf(tmp_path_factory, tiny_tokenizer):
     """(gguf path, the transformers model it was written from, its tokenizer): a 2-layer
-    Llama with grouped-query attention (4 query heads, 2 key/value heads) and a 600-token
-    byte-level BPE, written in about a second."""
+    Llama with grouped-query attention (4 query heads, 2 key/value heads) and the session's
+    offline byte-level BPE, written in well under a second."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from robalign.models.tiny import build_tokenizer, tokenizer_corpus
-
-    tokenizer = build_tokenizer(600, tokenizer_corpus()[:200])
+    tokenizer = tiny_tokenizer
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
