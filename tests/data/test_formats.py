@@ -71,3 +71,15 @@ def test_probe_texts_match_training_rendering(base_tokenizer):
     pair = PreferencePair("p0", "Q?", "I can't help with that.", "Sure, here is how.")
     texts = {e.text for e in probe_examples([pair], base_tokenizer).examples}
     assert texts == {render_pair_text("Q?", r, base_tokenizer) for r in (pair.chosen, pair.rejected)}
+
+
+def test_generation_feeds_the_prompt_ids_training_uses(base_tokenizer, tiny_tokenizer):
+    from robalign.evaluation.hf_backend import prompt_token_ids
+
+    pair = PreferencePair("p0", "Tell me a joke", "Why?", "No.")
+    for tok in (base_tokenizer, tiny_tokenizer):  # transcript format, and a chat template
+        (trained,) = tokenize_pairs([pair], tok, max_length=128, max_prompt_length=64).pairs
+        assert tuple(prompt_token_ids(tok, [{"role": "user", "content": pair.prompt}])) == trained.prompt_ids
+    # before: a base model was asked "Tell me a joke" bare, while trained on another layout
+    decoded = base_tokenizer.decode(prompt_token_ids(base_tokenizer, [{"role": "user", "content": "Hi"}]))
+    assert decoded == "\n\nHuman: Hi\n\nAssistant:"

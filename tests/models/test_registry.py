@@ -81,6 +81,15 @@ def test_hf_generation_spec_accepts_a_packaged_name(packaged_nano, tmp_path, mon
     assert out.status == "answered" and out.completion_tokens >= 1
 
 
+def test_a_packaged_name_and_its_directory_share_cached_answers(packaged_nano, tmp_path, monkeypatch):
+    from robalign.evaluation.backends import build_backend
+
+    name, target = packaged_nano
+    monkeypatch.chdir(tmp_path)
+    by_name, by_path = build_backend(f"hf:{name}", threads=1), build_backend(f"hf:{target}", threads=1)
+    assert by_name.identity() == by_path.identity()  # before: {"model": NAME, ...} vs {"model": "local", ...}
+
+
 def test_cli_pull_errors(tmp_path, capsys):
     assert main(["models", "pull", "no-such-model"]) == 2
     assert f"registered: {SMOLLM2}" in capsys.readouterr().err

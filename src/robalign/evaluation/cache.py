@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from robalign.evaluation.backends import Backend, GenerationRequest, GenerationResponse, OnResponse
 from robalign.evaluation.labels import STATUS_ANSWERED, STATUS_FAILED
+from robalign.paths import cache_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -46,8 +46,8 @@ CREATE TABLE IF NOT EXISTS responses (
 
 
 def default_cache_dir() -> Path:
-    """``$ROBALIGN_CACHE`` or ``~/.cache/robalign``."""
-    return Path(os.environ.get("ROBALIGN_CACHE") or Path.home() / ".cache" / "robalign")
+    """``$ROBALIGN_CACHE`` or ``~/.cache/robalign`` (``robalign.paths``)."""
+    return cache_dir()
 
 
 def default_cache_path() -> Path:

@@ -17,10 +17,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from robalign.data.formats import render_prompt
 from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
 from robalign.evaluation.labels import STATUS_FAILED
 from robalign.models.loading import load_causal_lm, load_tokenizer, model_fingerprint, resolve_model_path
+from robalign.models.registry import lookup as lookup_packaged
 
 
 def row_seed(seed: int, sample_index: int) -> int:
@@ -53,6 +55,8 @@ def model_identity(backend: str, model: str, revision: str | None, tokenizer_loa
     ``dtype`` and ``device`` (a device type: cpu, cuda, mps) are in it because the same weights
     answer differently in bfloat16 than in float32, and on a GPU than on a CPU."""
     path = Path(model).expanduser()
+    if not path.is_dir() and lookup_packaged(model) is not None:
+        path = Path(resolve_model_path(model))  # hf:NAME and hf:<its directory> share cached answers
     numerics = {"dtype": str(dtype), "device": str(device)}
     if path.is_dir():
         return {
@@ -78,19 +82,20 @@ def device_type(device: str | None) -> str:
         raise UserError(f"hf backend: device '{device}' is not a torch device; use cpu, cuda, cuda:N or mps") from None
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # no template (base models): plain concatenation, the convention of completion APIs
-    return "\n\n".join(m["content"] for m in messages)
+def render_chat(tokenizer, messages: list[dict[str, str]], prompt_format: str = "auto") -> str:
+    """The chat as the model reads it: its chat template, or for a tokenizer without one the
+    conversation format training uses (``robalign.data.formats``; HH transcript by default)."""
+    return render_prompt(messages, tokenizer, prompt_format).text
 
 
-def prompt_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+def prompt_token_ids(tokenizer, messages: list[dict[str, str]], prompt_format: str = "auto") -> list[int]:
     """The rendered chat as token ids, with no special tokens added on top: a chat template
     writes its own BOS (Llama 3's starts with ``<|begin_of_text|>``), and encoding the text
     with the tokenizer's default ``add_special_tokens=True`` would put a second one before
     it. The ids ``HFBackend`` feeds its model, and the ones the vllm backend sends."""
-    return list(tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"])
+    rendered = render_prompt(messages, tokenizer, prompt_format)
+    # a transcript format gets the tokenizer's BOS as training gives it; a chat template wrote its own
+    return list(tokenizer(rendered.text, add_special_tokens=not rendered.templated)["input_ids"])
 
 
 class RowSampler:

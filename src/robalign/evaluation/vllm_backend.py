@@ -20,6 +20,7 @@ from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
 from robalign.evaluation.hf_backend import model_identity, prompt_token_ids, row_seed
 from robalign.models.loading import load_tokenizer, resolve_model_path
+from robalign.models.registry import lookup as lookup_packaged
 
 
 def engine_inputs(tokenizer, requests: Sequence[GenerationRequest]) -> tuple[list[dict], list[dict[str, Any]]]:
@@ -42,10 +43,11 @@ class VLLMBackend:
     def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, trust_remote_code: bool = False):
-        resolve_model_path(model)  # a missing directory fails here, with the fix, not in the engine
+        local = resolve_model_path(model)  # a missing directory fails here, with the fix, not in the engine
         self.model_name, self.revision = model, revision
         self.engine_args = dict(
-            model=model, revision=revision, dtype=dtype, tensor_parallel_size=int(tensor_parallel_size),
+            model=local if lookup_packaged(model) else model,  # vLLM reads a packaged name's pulled directory
+            revision=revision, dtype=dtype, tensor_parallel_size=int(tensor_parallel_size),
             gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=max_model_len,
             enable_prefix_caching=bool(enable_prefix_caching), trust_remote_code=trust_remote_code,
         )

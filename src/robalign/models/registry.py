@@ -63,9 +63,9 @@ PACKAGED: dict[str, PackagedModel] = {
 
 def models_dir() -> Path:
     """``$ROBALIGN_CACHE/models`` (default ``~/.cache/robalign/models``)."""
-    from robalign.evaluation.cache import default_cache_dir
+    from robalign.paths import cache_dir
 
-    return default_cache_dir() / "models"
+    return cache_dir() / "models"
 
 
 def lookup(name: str) -> PackagedModel | None:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from robalign.data.tokenize import TokenizedPair, collate_pairs, tokens_fingerprint
+from robalign.paths import cache_dir
 from robalign.training.logprobs import pair_logps
 
 
@@ -29,7 +30,7 @@ class ReferenceLogps(NamedTuple):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ROBALIGN_CACHE", Path.home() / ".cache" / "robalign"))
+    return cache_dir()
 
 
 @torch.no_grad()
