@@ -87,7 +87,7 @@ def test_cli_soft_labels_feed_the_soft_loss_with_shapo(tmp_path, reward_dir, nan
     torch.testing.assert_close(q, torch.sigmoid(margins.double() / margins.double().std()), rtol=1e-6, atol=1e-9)
     # reward-level ShaPO: the soft loss on these labels with a sharpness-aware step
     result = train(_soft_config(tmp_path, nano_llama, out))
-    assert result.final_metrics["shapo/loss_gain"] != 0
+    assert result.final_metrics["shapo/loss_gain"] > 0  # ε ascends: ≈ ρ‖M⊙g‖ > 0 to first order
     assert main(["soft-labels", "--reward-model", str(reward_dir), "--data", "synthetic:10", "--cost",
                  "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "says this is a reward model" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_rho_zero_is_exactly_the_plain_step(request, tiny_tokenizer, fixture):
 
 
 @pytest.mark.parametrize("mask_kind", ["neurons", "uniform"])
-def test_weights_after_restore_are_bit_identical(llama_setup, tiny_tokenizer, nano_llama, mask_kind):
+def test_weights_after_restore_are_bit_identical(tiny_tokenizer, nano_llama, mask_kind):
     setup = make_setup(nano_llama, tiny_tokenizer, dtype=torch.float32)
     model = setup.model
     pm = neuron_mask(model) if mask_kind == "neurons" else resolve_parameter_mask(model, "uniform")

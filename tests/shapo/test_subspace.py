@@ -36,6 +36,54 @@ def test_scores_are_cosines_of_down_projection_columns(request, fixture):
     assert len(scores) == 4 and all(s.shape == (256,) for s in scores)
 
 
+def _unit_orthogonal_to(v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    r = torch.randn(v.shape, generator=gen)
+    r = r - (r @ v) * v
+    return r / r.norm()
+
+
+@pytest.mark.parametrize("fixture", ["nano_llama", "nano_gpt2"])
+def test_top_k_recovers_a_planted_set_of_neurons(request, fixture):
+    """Plant 5 output vectors (down-projection columns; GPT-2's Conv1D rows) at cosine 0.98 with
+    the probe vector v, at very different norms (cosine ignores scale), 5 more at cosine −0.98,
+    and one decoy at cosine 0.8. The other 1013 random neurons have |cos| ≲ 0.4 in 96 dimensions.
+    With K = 5 (fraction 5/1024) Top-K must return exactly the planted set, Bottom-K exactly the
+    anti-planted one, and the decoy neither."""
+    model = load_causal_lm(str(request.getfixturevalue(fixture)))
+    gen = torch.Generator().manual_seed(7)
+    v = torch.randn(96, generator=gen)
+    v = v / v.norm()
+    planted = {0: [5], 1: [200], 2: [17], 3: [99, 100]}
+    anti = {0: [6], 1: [0, 255], 3: [3, 4]}
+    decoy = (2, 18)
+    layers = model.model.layers if fixture == "nano_llama" else model.transformer.h
+
+    def plant(layer: int, neuron: int, cosine: float, scale: float) -> None:
+        out = cosine * v + (1 - cosine**2) ** 0.5 * _unit_orthogonal_to(v, gen)
+        with torch.no_grad():
+            if fixture == "nano_llama":
+                layers[layer].mlp.down_proj.weight[:, neuron] = scale * out
+            else:
+                layers[layer].mlp.c_proj.weight[neuron, :] = scale * out
+
+    scales = iter([1e-3, 0.05, 1.0, 3.0, 0.2] * 2)
+    for sets, cosine in ((planted, 0.98), (anti, -0.98)):
+        for layer, neurons in sets.items():
+            for n in neurons:
+                plant(layer, n, cosine, next(scales))
+    plant(*decoy, 0.8, 1.0)
+    others = torch.cat(neuron_scores(model, v)).abs().sort().values
+    assert others[-12] < 0.5  # past the 11 planted and decoy neurons, no random neuron comes close
+
+    def as_sets(neurons):
+        return {layer: sorted(t.tolist()) for layer, t in enumerate(neurons) if t.numel()}
+
+    assert as_sets(build_mask(model, 5 / 1024, "top", vector=v).neurons) == planted
+    assert as_sets(build_mask(model, 5 / 1024, "bottom", vector=v).neurons) == anti
+    assert as_sets(build_mask(model, 6 / 1024, "top", vector=v).neurons) == {0: [5], 1: [200], 2: [17, 18],
+                                                                            3: [99, 100]}
+
+
 def test_selection_ranks_all_layers_together():
     scores = [torch.tensor([0.1, 0.9, -0.5]), torch.tensor([0.3, -0.9])]
     # K = round(0.4 * 5) = 2

@@ -66,9 +66,33 @@ def value(name: str, **overrides) -> float:
 # ---- per-pair losses, hand-worked ---------------------------------------------------------
 
 
-def test_registry_names():
-    assert LOSSES == ("dpo", "ipo", "cdpo", "rdpo", "soft", "sft")
-    assert AGGREGATIONS == ("mean", "drdpo")
+# The h = 2, β = 0.5 pair (u = 1) through every registered loss, worked out in the tests below;
+# a loss added to the registry without a hand-worked value here fails test_every_registered_loss.
+HAND = {
+    "dpo": ({}, L1),
+    "ipo": ({}, 1.0),
+    "cdpo": ({"label_smoothing": 0.25}, L1 + 0.25),
+    "rdpo": ({"rdpo_epsilon": 0.25}, L1 - 0.5),
+    "soft": ({"soft_labels": torch.tensor([0.8], dtype=torch.float64)}, L1 + 0.2),
+    "sft": ({}, 0.25),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_registered_loss_has_its_hand_worked_value(name):
+    overrides, expected = HAND[name]
+    assert value(name, **overrides) == pytest.approx(expected, abs=1e-12)
+    # and through the weighted combination the trainer calls: 2·ℓ_name
+    got = combined_pair_losses({name: 2.0}, **one_pair(**overrides)).item()
+    assert got == pytest.approx(2 * expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", AGGREGATIONS)
+def test_every_registered_aggregation_by_hand(name):
+    """ℓ = (0, log 3): mean (log 3)/2 = 0.549306…; Dr.DPO (β′ = 1) −log((1 + 1/3)/2) = log 1.5."""
+    losses = torch.tensor([0.0, math.log(3.0)], dtype=torch.float64)
+    expected = {"mean": math.log(3.0) / 2, "drdpo": math.log(1.5)}[name]
+    assert aggregate(losses, name).item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_dpo():
@@ -161,19 +185,41 @@ def test_soft_with_q_one_is_dpo_and_q_one_minus_eps_is_cdpo():
     )
 
 
+def flip(pairs: dict) -> dict:
+    """The same pairs with chosen and rejected swapped (policy and reference alike)."""
+    return dict(
+        pairs,
+        policy_chosen_logps=pairs["policy_rejected_logps"],
+        policy_rejected_logps=pairs["policy_chosen_logps"],
+        reference_chosen_logps=pairs["reference_rejected_logps"],
+        reference_rejected_logps=pairs["reference_chosen_logps"],
+        chosen_lengths=pairs["rejected_lengths"],
+        rejected_lengths=pairs["chosen_lengths"],
+    )
+
+
+def test_soft_loss_is_invariant_under_a_flip_of_pair_and_label():
+    """Flipping the pair turns u into −u; with q → 1 − q the soft loss is unchanged:
+    q·ℓ(u) + (1−q)·ℓ(−u) = (1−q)·ℓ(−u) + q·ℓ(u). By hand at u = 1, q = 0.8: both 0.8·ℓ(1) +
+    0.2·ℓ(−1) = ℓ(1) + 0.2 = 0.51326…; the flip alone (q kept) gives 0.8·ℓ(−1) + 0.2·ℓ(1) = ℓ(1) + 0.8."""
+    q = torch.tensor([0.8], dtype=torch.float64)
+    pair = one_pair()
+    assert pair_losses("soft", soft_labels=q, **flip(pair)).item() == pytest.approx(L1 + 0.8, abs=1e-12)
+    assert pair_losses("soft", soft_labels=1 - q, **flip(pair)).item() == pytest.approx(L1 + 0.2, abs=1e-12)
+    assert pair_losses("soft", soft_labels=q, **pair).item() == pytest.approx(L1 + 0.2, abs=1e-12)
+    pairs = random_pairs()
+    labels = torch.rand(8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(pair_losses("soft", soft_labels=1 - labels, **flip(pairs)),
+                               pair_losses("soft", soft_labels=labels, **pairs), rtol=1e-12, atol=1e-12)
+
+
 def test_rdpo_is_unbiased_under_label_flips():
     """(1−ε)·rdpo(u) + ε·rdpo(−u) = ℓ(u): in expectation over flips of rate ε, rDPO is clean DPO.
 
     Expanding: [(1−ε)² − ε²]·ℓ(u) / (1 − 2ε) = ℓ(u), since (1−ε)² − ε² = 1 − 2ε.
     """
     pairs = random_pairs()
-    flipped = dict(
-        pairs,
-        policy_chosen_logps=pairs["policy_rejected_logps"],
-        policy_rejected_logps=pairs["policy_chosen_logps"],
-        reference_chosen_logps=pairs["reference_rejected_logps"],
-        reference_rejected_logps=pairs["reference_chosen_logps"],
-    )
+    flipped = flip(pairs)
     eps = 0.3
     expected = (1 - eps) * pair_losses("rdpo", rdpo_epsilon=eps, **pairs) + eps * pair_losses(
         "rdpo", rdpo_epsilon=eps, **flipped
@@ -181,10 +227,17 @@ def test_rdpo_is_unbiased_under_label_flips():
     torch.testing.assert_close(expected, pair_losses("dpo", **pairs))
 
 
-def test_float32_and_long_lengths_work():
-    pairs = {k: (v.float() if v.is_floating_point() else v) for k, v in random_pairs().items()}
-    out = pair_losses("ipo", ipo_length_normalize=True, **pairs)
-    assert out.dtype == torch.float32 and out.shape == (8,)
+@pytest.mark.parametrize("name", ["dpo", "ipo", "sft"])
+def test_float32_inputs_and_long_lengths_give_the_float64_values(name):
+    """Summed log-probs of tens of nats in float32 (spacing ~4e-6 at 40) with int64 lengths: the
+    same losses as in float64 to float32 precision, returned in float32."""
+    pairs = random_pairs()
+    single = {k: (v.float() if v.is_floating_point() else v) for k, v in pairs.items()}
+    kw = {"ipo_length_normalize": True} if name == "ipo" else {}
+    out32, out64 = pair_losses(name, **single, **kw), pair_losses(name, **pairs, **kw)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), out64, rtol=1e-5, atol=1e-5)
+    assert out64.std() > 0.1  # the 8 pairs really differ
 
 
 def test_large_margins_stay_finite():
@@ -279,10 +332,14 @@ def test_drdpo_stable_for_large_losses():
 
 
 def test_drdpo_weights_detached_and_normalised():
+    """w_i = e^{−ℓ_i/β′} / Σ_j e^{−ℓ_j/β′}: detached, sum 1, and w_i/w_j = e^{−(ℓ_i − ℓ_j)/β′}."""
     pairs = random_pairs(requires_grad=True)
-    w = drdpo_weights(pair_losses("dpo", **pairs), drdpo_beta=0.5)
-    assert not w.requires_grad and w.shape == (8,)
+    losses = pair_losses("dpo", **pairs)
+    w = drdpo_weights(losses, drdpo_beta=0.5)
+    assert not w.requires_grad
     assert w.sum().item() == pytest.approx(1.0, abs=1e-12)
+    ratios = w / w[0]
+    torch.testing.assert_close(ratios, torch.exp(-(losses.detach() - losses[0].item()) / 0.5), rtol=1e-10, atol=0)
 
 
 def test_drdpo_gradient_equals_weighted_sum_gradient():
