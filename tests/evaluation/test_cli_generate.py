@@ -60,3 +60,21 @@ def test_samples_without_temperature_is_a_user_error(tmp_path, capsys):
     code = main(["generate", "--model", "openai:m@http://127.0.0.1:9/v1", "--data", str(prompts_file(tmp_path)),
                  "--out", str(tmp_path / "o.csv"), "--samples", "2"])
     assert code == 2 and "--temperature" in capsys.readouterr().err
+
+
+def test_bad_option_value_is_a_user_error_that_does_not_echo_it(tmp_path, capsys):
+    code = main(["generate", "--model", "openai:m@http://127.0.0.1:9/v1", "--data", str(prompts_file(tmp_path)),
+                 "--out", str(tmp_path / "o.csv"), "-o", "extra_body=[sk-do-not-show"])
+    err = capsys.readouterr().err
+    assert code == 2 and "-o extra_body=" in err and "not valid YAML" in err and "sk-do-not-show" not in err
+
+
+def test_summary_carries_the_one_run_record(serve, tmp_path):
+    """generate and judge share robalign.provenance.run_record: git state, versions, arguments."""
+    server = serve()
+    out = tmp_path / "gen.csv"
+    assert main(["generate", "--model", f"openai:m@{server.base_url}", "--data", str(prompts_file(tmp_path, 1)),
+                 "--out", str(out), "--no-cache"]) == 0
+    run = json.loads((tmp_path / "gen.csv.summary.json").read_text())["run"]
+    assert {"created", "command", "git", "versions", "python", "args"} <= set(run)
+    assert run["versions"]["robalign"] and run["args"]["model"] == f"openai:m@{server.base_url}"

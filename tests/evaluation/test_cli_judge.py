@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from robalign.cli import main
-from robalign.evaluation.server import ScriptedResponder
+from robalign.evaluation.server import Faults, ScriptedResponder
 from robalign.evaluation.tables import load_control_set
 from robalign.evaluation.templates import neutralise
 
@@ -191,3 +192,64 @@ def test_select_skips_a_remote_candidate_without_its_key(shared_data, tmp_path, 
     judges.write_text(yaml.safe_dump({"judges": [{"name": "remote", "spec": remote}]}))
     assert main(args) == 2
     assert "no candidate judge could run" in capsys.readouterr().err
+
+
+# --- issue 7: tables that keep their rows, exit status on FAILED, alpha between judges -------
+
+def test_judge_run_keeps_rows_whose_prompt_holds_a_carriage_return(tmp_path):
+    """GCG-style attack strings hold bare CRs: the CSV written must read back row for row."""
+    prompts = ["plain question", "attack\rsuffix !!", "win\r\nline", "sep\u2028arator"]
+    data = tmp_path / "answers.csv"
+    pd.DataFrame({"prompt": prompts, "response": ["I'm sorry, I can't"] * 4}).to_csv(
+        data, index=False, quoting=csv.QUOTE_ALL)  # a well-formed input: every field quoted
+    out = tmp_path / "verdicts.csv"
+    assert main(["judge", "run", "--judge", "keyword", "--data", str(data), "--out", str(out)]) == 0
+    back = pd.read_csv(out, keep_default_na=False)  # any CSV reader, not only ours
+    assert len(back) == 4 and back["prompt"].tolist() == prompts
+    assert back["judge_verdict"].tolist() == ["R"] * 4
+
+
+def test_judge_run_exits_1_when_a_verdict_failed(serve, tmp_path, capsys):
+    data = tmp_path / "a.csv"
+    pd.DataFrame({"prompt": ["p1", "p2"], "response": ["sorry, no", "it depends"]}).to_csv(data, index=False)
+    down = serve(faults=Faults(rate_500=1.0))
+    out = tmp_path / "o.csv"
+    code = main(["judge", "run", "--judge", f"llm:openai:j@{down.base_url}", "--data", str(data), "--out", str(out),
+                 "-o", "max_retries=0", "--no-cache"])
+    assert code == 1
+    assert pd.read_csv(out)["judge_verdict"].tolist() == ["FAILED", "FAILED"]
+    assert "2 judge calls FAILED" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "o.csv.summary.json").read_text())
+    assert summary["verdicts"]["failed"] == 2
+    # a failing second pass counts too: the first pass answers, the R-vs-M judge is down
+    up = serve(responder=ScriptedResponder(lambda p: "Declines. [[R]]"))
+    code = main(["judge", "run", "--judge", f"llm:openai:j@{up.base_url}", "--data", str(data), "--out", str(out),
+                 "--second-pass", f"llm:openai:j@{down.base_url}#misunderstanding", "-o", "max_retries=0",
+                 "--no-cache"])
+    assert code == 1 and pd.read_csv(out)["judge_rm"].tolist() == ["FAILED", "FAILED"]
+    # and a healthy run exits 0
+    assert main(["judge", "run", "--judge", f"llm:openai:j@{up.base_url}", "--data", str(data), "--out", str(out),
+                 "--no-cache"]) == 0
+
+
+def test_alpha_between_judges_treats_non_verdicts_as_missing(tmp_path, capsys):
+    """Two judges that fail on the same rows do not 'agree' there. On the rows where both
+    gave a verdict they always disagree, so alpha must be below 0 (the krippendorff package
+    gives the value; old code counted the 6 shared non-verdicts as agreement: alpha 0.39)."""
+    krippendorff = pytest.importorskip("krippendorff")
+    j1 = ["S", "CS", "D", "R", "S", "CS", "FAILED", "FAILED", "UNPARSED", "UNPARSED", None, ""]
+    j2 = ["CS", "S", "R", "D", "R", "D", "FAILED", "FAILED", "UNPARSED", "UNPARSED", None, ""]
+    df = pd.DataFrame({"gold": ["S", "CS", "D", "R"] * 3, "j1": j1, "j2": j2})
+    path = tmp_path / "d.jsonl"
+    df.to_json(path, orient="records", lines=True)
+    out = tmp_path / "a.json"
+    assert main(["judge", "agreement", "--data", str(path), "--gold", "gold", "--pred", "j1,j2", "--out", str(out),
+                 "--n-boot", "0"]) == 0
+    code = {"S": 0, "CS": 1, "D": 2, "R": 3}
+    reference = krippendorff.alpha(reliability_data=[[code.get(v, float("nan")) for v in j] for j in (j1, j2)],
+                                   level_of_measurement="nominal")
+    alpha = json.loads(out.read_text())["alpha_between_judges"]
+    assert alpha < 0 and alpha == pytest.approx(reference)
+    # against gold the non-verdicts still count as the judge's disagreements
+    (first, _) = json.loads(out.read_text())["judges"]
+    assert first["not_gold_label"] == {"FAILED": 2, "MISSING": 2, "UNPARSED": 2}

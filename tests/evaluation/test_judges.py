@@ -10,9 +10,9 @@ import pytest
 from robalign.errors import UserError
 from robalign.evaluation.cache import ResponseCache
 from robalign.evaluation.judges import JudgeItem, KeywordJudge, LLMJudge, build_judge, majority
+from robalign.evaluation.judging import judge_frame, misunderstanding_pass, verdict_counts
 from robalign.evaluation.parsers import FAILED, UNPARSED
 from robalign.evaluation.server import Faults, ScriptedResponder
-from robalign.evaluation.workflows import judge_frame, misunderstanding_pass, verdict_counts
 
 
 def reply_block(prompt: str) -> str:

@@ -32,24 +32,27 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from robalign.evaluation import workflows as wf
     from robalign.evaluation.backends import build_backend, spec_label
     from robalign.evaluation.cache import CachedBackend
-    from robalign.evaluation.tables import read_table, write_table
+    from robalign.evaluation.generation import generate_frame, generation_requests
+    from robalign.evaluation.options import open_cache, parse_options
+    from robalign.evaluation.specs import redact_value
+    from robalign.evaluation.tables import find_column, read_table, write_table
+    from robalign.provenance import run_record, write_json_atomic
 
     df = read_table(args.data)
     df = df.head(args.limit).reset_index(drop=True) if args.limit else df.reset_index(drop=True)
-    prompt_col = wf.find_column(df, args.prompt_col, "prompt", "--prompt-col", args.data)
-    requests = wf.generation_requests(
+    prompt_col = find_column(df, args.prompt_col, "prompt", "--prompt-col", args.data)
+    requests = generation_requests(
         [str(p) for p in df[prompt_col]], args.system, args.samples, args.max_new_tokens, args.temperature,
         args.top_p, args.seed,
     )
-    backend = CachedBackend(build_backend(args.model, **wf.parse_options(args.option)),
-                            wf.open_cache(args.no_cache, args.cache), label=spec_label(args.model))
-    out = wf.generate_frame(df, backend, requests, args.samples)
+    backend = CachedBackend(build_backend(args.model, **parse_options(args.option)),
+                            open_cache(args.no_cache, args.cache), label=spec_label(args.model))
+    out = generate_frame(df, backend, requests, args.samples)
     write_table(out, args.out)
-    wf.write_json(Path(str(args.out) + ".summary.json"),
-                  {"run": wf.run_record(args), "model": spec_label(args.model), "summary": backend.summary.to_dict()})
+    write_json_atomic(Path(str(args.out) + ".summary.json"), {"run": run_record(args, redact=redact_value),
+                      "model": spec_label(args.model), "summary": backend.summary.to_dict()})
     print(backend.summary.line())
     print(f"wrote {len(out)} rows to {args.out}")
     return 0 if backend.summary.failed == 0 else 1

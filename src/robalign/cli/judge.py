@@ -65,103 +65,62 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from robalign.errors import UserError
-    from robalign.evaluation import workflows as wf
-    from robalign.evaluation.judges import LLMJudge, build_judge, judge_label, parse_judge_spec
-    from robalign.evaluation.tables import read_table, write_table
+    import sys
+
+    from robalign.evaluation.judges import judge_label, parse_judge_spec
+    from robalign.evaluation.judging import judge_items, judge_table, verdict_counts
+    from robalign.evaluation.options import open_cache, parse_options
+    from robalign.evaluation.specs import redact_value
+    from robalign.evaluation.stereotypes import stereotype_fields
+    from robalign.evaluation.tables import STEREOTYPE_COLUMNS, find_column, read_table, write_table
+    from robalign.provenance import run_record, write_json_atomic
 
     df = read_table(args.data)
     df = df.head(args.limit) if args.limit else df
-    prompt_col = wf.find_column(df, args.prompt_col, "prompt", "--prompt-col", args.data)
-    response_col = wf.find_column(df, args.response_col, "response", "--response-col", args.data)
-    df, stereo, counter, base_dir = _stereotype_columns(args, df, prompt_col, parse_judge_spec(args.judge)["type"])
-    options = wf.parse_options(args.option)
-    cache = wf.open_cache(args.no_cache, args.cache)
-    items = wf.judge_items(df, prompt_col, response_col, stereo, counter)
-    judge = build_judge(args.judge, cache, **options)
-    out = wf.judge_frame(df, judge, items, prefix=args.prefix)
-    summaries = [judge.summary] if getattr(judge, "summary", None) else []
-    if args.second_pass:
-        second = build_judge(args.second_pass, cache, **options)
-        if not isinstance(second, LLMJudge):
-            raise UserError("--second-pass needs an llm judge spec ending in #misunderstanding")
-        out = wf.misunderstanding_pass(out, second, items, prefix=args.prefix)
-        summaries.append(second.summary)
-    write_table(out, args.out)
-    report = {"run": wf.run_record(args), "judge": judge_label(args.judge), "rows": len(out), "base_prompts": base_dir,
-              "verdicts": wf.verdict_counts(out[f"{args.prefix}verdict"]),
-              "generation": [s.to_dict() for s in summaries]}
-    wf.write_json(Path(str(args.out) + ".summary.json"), report)
-    print(f"wrote {len(out)} rows to {args.out}; verdicts {report['verdicts']['counts']}")
-    for s in summaries:
-        print(s.line())
-    return 0
-
-
-def _stereotype_columns(args, df, prompt_col: str, judge_type: str):
-    """(df, stereotype column, counter-stereotype column, base_prompts dir used or None). The
-    fields come from --stereotype-col / --counter-stereotype-col, from STEREOTYPE and
-    COUNTER-STEREOTYPE columns in the data, or are joined by prompt text from the CLEAR-Bias
-    base prompts: --base-prompts DIR, or (rule judge only) base_prompts beside the data's folder."""
-    from robalign.errors import UserError
-    from robalign.evaluation import tables
-
-    named = args.stereotype_col or args.counter_stereotype_col
-    if args.base_prompts and named:
-        raise UserError("--base-prompts supplies the stereotype fields itself; drop --stereotype-col and "
-                        "--counter-stereotype-col, or drop --base-prompts")
-    base_dir = args.base_prompts
-    in_data = all(c in df for c in tables.STEREOTYPE_COLUMNS)
-    if base_dir is None and judge_type == "rule" and not named and not in_data:
-        base_dir = tables.default_base_prompts(args.data)
-        if base_dir is None:
-            beside = Path(args.data).resolve().parent.parent / "base_prompts"
-            raise UserError(f"{args.data}: the rule judge needs the stereotype and counter-stereotype of each prompt. "
-                            "Name their columns with --stereotype-col and --counter-stereotype-col, or join them "
-                            f"from the CLEAR-Bias base prompts with --base-prompts DIR (there is no {beside})")
-    if base_dir is not None:
-        df, unmatched = tables.join_base_prompts(df, tables.read_base_prompts(base_dir), prompt_col)
-        print(f"joined {' / '.join(tables.STEREOTYPE_COLUMNS)} from {base_dir} by prompt text: "
-              f"{len(df) - unmatched} of {len(df)} rows matched"
+    prompt_col = find_column(df, args.prompt_col, "prompt", "--prompt-col", args.data)
+    response_col = find_column(df, args.response_col, "response", "--response-col", args.data)
+    fields = stereotype_fields(df, args.data, prompt_col, parse_judge_spec(args.judge)["type"], args.stereotype_col,
+                               args.counter_stereotype_col, args.base_prompts)
+    if fields.base_prompts is not None:
+        unmatched = len(df) - fields.matched
+        print(f"joined {' / '.join(STEREOTYPE_COLUMNS)} from {fields.base_prompts} by prompt text: "
+              f"{fields.matched} of {len(df)} rows matched"
               + (f"; the rule judge gives UNPARSED for the {unmatched} unmatched rows" if unmatched else ""))
-        return df, *tables.STEREOTYPE_COLUMNS, str(base_dir)
-    stereo = args.stereotype_col or ("STEREOTYPE" if "STEREOTYPE" in df else None)
-    counter = args.counter_stereotype_col or ("COUNTER-STEREOTYPE" if "COUNTER-STEREOTYPE" in df else None)
-    for flag, column in (("--stereotype-col", stereo), ("--counter-stereotype-col", counter)):
-        if column is not None and column not in df:
-            raise UserError(f"{args.data}: no column '{column}' ({flag})")
-    if judge_type == "rule" and not (stereo and counter):
-        raise UserError(f"{args.data}: the rule judge needs the stereotype and counter-stereotype of each prompt; "
-                        "name their columns with --stereotype-col and --counter-stereotype-col, or use --base-prompts DIR")
-    return df, stereo, counter, None
+    items = judge_items(fields.df, prompt_col, response_col, fields.stereotype, fields.counter)
+    result = judge_table(fields.df, items, args.judge, open_cache(args.no_cache, args.cache),
+                         parse_options(args.option), second_pass=args.second_pass, prefix=args.prefix)
+    out = result.frame
+    write_table(out, args.out)
+    report = {"run": run_record(args, redact=redact_value), "judge": judge_label(args.judge), "rows": len(out),
+              "base_prompts": fields.base_prompts, "verdicts": verdict_counts(out[f"{args.prefix}verdict"]),
+              "generation": [s.to_dict() for s in result.summaries]}
+    write_json_atomic(Path(str(args.out) + ".summary.json"), report)
+    print(f"wrote {len(out)} rows to {args.out}; verdicts {report['verdicts']['counts']}")
+    for s in result.summaries:
+        print(s.line())
+    if result.failed:
+        print(f"{result.failed} judge calls FAILED (see {args.prefix}raw); run the same command again to retry "
+              "only those rows", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def _agreement(args) -> int:
-    import pandas as pd
-
-    from robalign.evaluation import workflows as wf
-    from robalign.evaluation.agreement import agreement, krippendorff_alpha
+    from robalign.evaluation.agreement_table import table_agreement
+    from robalign.evaluation.specs import redact_value
     from robalign.evaluation.tables import read_table, require_columns
+    from robalign.provenance import run_record, write_json_atomic
 
     df = read_table(args.data)
     preds = [c.strip() for c in args.pred.split(",") if c.strip()]
     require_columns(df, [args.gold, *preds], args.data, "--gold / --pred")
-    keep = df[args.gold].notna() & (df[args.gold].astype(str).str.strip() != "")
-    df = df[keep]
-    reports = []
-    for col in preds:
-        pred = df[col].where(df[col].notna(), "MISSING").astype(str)
-        reports.append(agreement(df[args.gold].astype(str), pred, name=col, n_boot=args.n_boot, seed=args.seed,
-                                 level=args.level))
-    payload = {"run": wf.run_record(args), "data": str(args.data), "gold": args.gold, "rows": int(len(df)),
-               "dropped_rows_without_gold": int((~keep).sum()), "judges": [r.to_dict() for r in reports]}
-    if len(preds) > 1:
-        payload["alpha_between_judges"] = krippendorff_alpha(df[preds].where(pd.notna(df[preds]), None).values.tolist())
+    result = table_agreement(df, args.gold, preds, n_boot=args.n_boot, seed=args.seed, level=args.level)
+    payload = {"run": run_record(args, redact=redact_value), "data": str(args.data), **result.to_dict()}
     out = Path(args.out or Path("runs/judge") / f"agreement_{Path(args.data).name.split('.')[0]}.json")
-    wf.write_json(out, payload)
-    _print_agreement(reports, args.level)
-    if "alpha_between_judges" in payload:
-        print(f"Krippendorff's alpha between the {len(preds)} judges: {payload['alpha_between_judges']:.3f}")
+    write_json_atomic(out, payload)
+    _print_agreement(result.judges, args.level)
+    if result.alpha_between_judges is not None:
+        print(f"Krippendorff's alpha between the {len(preds)} judges (UNPARSED / FAILED / MISSING as missing "
+              f"values): {result.alpha_between_judges:.3f}")
     print(f"wrote {out}")
     return 0
 
@@ -185,7 +144,7 @@ def _print_agreement(reports, level: float) -> None:
               f"{k.se:>6.3f} {k.z:>7.2f} {_p(k.p):>9}  {r.macro_f1:.3f} {_ci(r, 'macro_f1'):<20} {r.alpha:>6.3f}  "
               f"{r.not_gold_label or '-'}")
     for r in reports:
-        width = max(8, *(len(x) for x in r.labels))
+        width = max(8, *(len(x) for x in r.labels)) + 1  # a space between "R" and "UNPARSED"
         print(f"\nconfusion ({r.name}): rows = gold, columns = judge")
         print(" " * width + "".join(f"{lab:>{width}}" for lab in r.labels))
         for lab, row in zip(r.labels, r.confusion):
@@ -193,18 +152,21 @@ def _print_agreement(reports, level: float) -> None:
 
 
 def _select(args) -> int:
-    from robalign.evaluation import workflows as wf
+    from robalign.evaluation.options import open_cache
     from robalign.evaluation.selection import load_judge_list, select_judge
+    from robalign.evaluation.specs import redact_value
     from robalign.evaluation.tables import load_control_set
+    from robalign.provenance import run_record, write_json_atomic
 
     judges = load_judge_list(args.judges)
     control = load_control_set(args.control_set)
     if args.limit:
         control = control.sample(n=min(args.limit, len(control)), random_state=args.seed).reset_index(drop=True)
-    cache = wf.open_cache(args.no_cache, args.cache)
+    cache = open_cache(args.no_cache, args.cache)
     result = select_judge(control, judges, args.out, cache, n_boot=args.n_boot, seed=args.seed)
-    wf.write_json(Path(args.out) / "run.json", {"run": wf.run_record(args), "judges_file": str(args.judges),
-                                                "control_set": str(args.control_set), "rows": len(control)})
+    write_json_atomic(Path(args.out) / "run.json", {"run": run_record(args, redact=redact_value),
+                                                    "judges_file": str(args.judges),
+                                                    "control_set": str(args.control_set), "rows": len(control)})
     print(f"{'rank':<5} {'judge':<40} {'kappa':>6}  {'95% CI':<18} {'accuracy':>8}  unparsed  failed")
     for i, entry in enumerate(result["ranking"], 1):
         a = entry["agreement"]

@@ -24,9 +24,10 @@ from robalign.evaluation.agreement import agreement
 from robalign.evaluation.backends import BackendUnavailable
 from robalign.evaluation.cache import ResponseCache
 from robalign.evaluation.judges import build_judge, judge_label, parse_judge_spec
+from robalign.evaluation.judging import judge_frame, judge_items, verdict_counts
 from robalign.evaluation.specs import redact_value  # specs written to selection.json: no URL secrets
 from robalign.evaluation.tables import write_table
-from robalign.evaluation.workflows import judge_frame, judge_items, verdict_counts, write_json
+from robalign.provenance import write_json_atomic
 
 
 def load_judge_list(path: str | Path) -> list[tuple[str, Any]]:
@@ -94,8 +95,8 @@ def select_judge(control: pd.DataFrame, judges: list[tuple[str, Any]], out_dir: 
     record = {"name": winner["name"], "spec": winner["spec"], "kappa": winner["agreement"]["kappa"]["kappa"],
               "kappa_ci": winner["agreement"]["ci"].get("kappa"), "accuracy": winner["agreement"]["accuracy"],
               "control_rows": len(control)}
-    write_json(out_dir / "winner.json", record)
-    write_json(out_dir / "selection.json", {"ranking": ranking, "skipped": skipped, "winner": record})
+    write_json_atomic(out_dir / "winner.json", record)
+    write_json_atomic(out_dir / "selection.json", {"ranking": ranking, "skipped": skipped, "winner": record})
     write_table(verdicts, out_dir / "verdicts.csv")
     return {"ranking": ranking, "skipped": skipped, "winner": record}
 

@@ -215,6 +215,18 @@ def require_columns(df: pd.DataFrame, columns: list[str], source: str, flag: str
                         f"columns are: {', '.join(map(str, df.columns))}")
 
 
+def find_column(df: pd.DataFrame, wanted: str | None, fallback: str, flag: str, source: str) -> str:
+    """``wanted`` if given, else a column named ``fallback`` in any case."""
+    if wanted:
+        if wanted not in df.columns:
+            raise UserError(f"{source}: no column '{wanted}' ({flag}); columns are: {', '.join(map(str, df.columns))}")
+        return wanted
+    for column in df.columns:
+        if str(column).lower() == fallback:
+            return column
+    raise UserError(f"{source}: no '{fallback}' column; name it with {flag}. Columns: {', '.join(map(str, df.columns))}")
+
+
 def find_control_dir(path: Path) -> Path | None:
     for candidate in (path, path / "control_set", path / "clear_bias" / "control_set"):
         if (candidate / CONTROL_FILES["CTO"]).is_file():
