@@ -11,7 +11,9 @@ included. How each format gets there:
   a character of the line terminator, so a bare ``\\r`` used to go out unquoted and every
   reader split the row there (a 602-row ``judge run`` output read back as 604 rows).
   They are read with pandas' C parser, which keeps ``\\r``, ``\\r\\n`` and NUL inside quoted
-  fields. CSV has no types, so every field is read as text and a column becomes numbers
+  fields (so does Python's ``csv`` module opened with ``newline=""``; NUL is written as is,
+  not escaped, because both read it back and an escape would change the text for every
+  other reader). CSV has no types, so every field is read as text and a column becomes numbers
   only when the conversion loses nothing: all its non-empty fields are the canonical
   spelling of integers (``-12``; blanks make it nullable ``Int64``), of ``True`` /
   ``False``, or of floats as ``repr`` writes them (``0.1``, ``1e-07``, ``inf``). ``007``,
