@@ -27,6 +27,10 @@ except ImportError:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ROBALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+# Read before the autouse fixture below points ROBALIGN_CACHE at a per-test directory: this is
+# where `make install` pulled the real models.
+REAL_MODELS = Path(os.environ.get("ROBALIGN_CACHE") or Path.home() / ".cache" / "robalign") / "models"
+SMOLLM2 = "smollm2-135m-instruct"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -77,3 +81,24 @@ def nano_gpt2(tmp_path_factory, tiny_tokenizer) -> Path:
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own robalign cache directory."""
     monkeypatch.setenv("ROBALIGN_CACHE", str(tmp_path / "robalign_cache"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The directory of the real pulled SmolLM2-135M-Instruct (for module-scoped fixtures, which
+    cannot see a test's cache). Skips, with the command to run, when it is not pulled."""
+    real = REAL_MODELS / SMOLLM2
+    if not (real / "robalign_source.json").is_file():
+        pytest.skip(f"{SMOLLM2} is not pulled in {REAL_MODELS}; run `make install` or "
+                    f"`robalign models pull {SMOLLM2}`")
+    return real
+
+
+@pytest.fixture
+def smollm2(smollm2_dir, _isolated_cache) -> str:
+    """The real pulled SmolLM2-135M-Instruct, reachable by its registered name from this
+    test's isolated cache (a symlink to the pulled directory). Skips when it is not pulled."""
+    models = Path(os.environ["ROBALIGN_CACHE"]) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / SMOLLM2).symlink_to(smollm2_dir, target_is_directory=True)
+    return SMOLLM2

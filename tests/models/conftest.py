@@ -1,18 +1,13 @@
 """Fixtures for packaged models: a tiny Llama written as a GGUF file inside a fake wheel (so
-the real pull and conversion path runs offline in seconds), and the real pulled SmolLM2."""
+the real pull and conversion path runs offline in seconds). The real pulled SmolLM2 fixtures
+(``smollm2``, ``smollm2_dir``) live in tests/conftest.py, for every test package."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-
-# Read before tests/conftest.py points ROBALIGN_CACHE at a per-test directory: this is where
-# `make install` pulled the real model.
-REAL_MODELS = Path(os.environ.get("ROBALIGN_CACHE") or Path.home() / ".cache" / "robalign") / "models"
-SMOLLM2 = "smollm2-135m-instruct"
 
 
 def _gguf_permute(w, heads: int):
@@ -89,17 +84,3 @@ def tiny_llama_gguf(tmp_path_factory, tiny_tokenizer):
     model = LlamaForCausalLM(config).eval()
     path = write_llama_gguf(model, tokenizer, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
     return path, model, tokenizer
-
-
-@pytest.fixture
-def smollm2(tmp_path, monkeypatch):
-    """The real pulled SmolLM2-135M-Instruct, reachable by its registered name from this
-    test's isolated cache (a symlink to the pulled directory). Skips when it is not pulled."""
-    real = REAL_MODELS / SMOLLM2
-    if not (real / "robalign_source.json").is_file():
-        pytest.skip(f"{SMOLLM2} is not pulled in {REAL_MODELS}; run `make install` or "
-                    f"`robalign models pull {SMOLLM2}`")
-    models = Path(os.environ["ROBALIGN_CACHE"]) / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    (models / SMOLLM2).symlink_to(real, target_is_directory=True)
-    return SMOLLM2
