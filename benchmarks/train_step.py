@@ -9,6 +9,13 @@ checkpointing (also on by default), no evaluation or saving, its default referen
 (a reference forward every step). robalign precomputes reference log-probs once (their time
 is reported separately) and runs chosen + rejected in one forward pass.
 Prints one JSON object; `robalign_over_trl` < 1 means robalign is faster.
+
+Noise. Other processes on a shared machine slow whichever step they land on (one brief burst
+once read robalign_over_trl = 1.95 instead of 0.62). So every ratio is measured many times and
+reported as the median with its spread (min, quartiles, max): robalign and TRL run in --rounds
+alternating rounds (order swapped every round), each round giving one paired ratio; the three
+ShaPO contenders run step by step in turn, each k = 5 cycle giving one paired ratio. A verdict
+compares the median with its goal; a wide spread says the machine was busy.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ def time_robalign(model_dir: Path, pairs, batch: int, steps: int, warmup: int, m
 
     tok = load_tokenizer(str(model_dir))
     model = load_causal_lm(str(model_dir))
-    tp = tokenize_pairs(pairs, tok, max_length, max_length // 2, use_chat_template=False).pairs
+    tp = tokenize_pairs(pairs, tok, max_length, max_length // 2, prompt_format="plain").pairs
     t0 = time.perf_counter()
     reference = compute_reference_logps(model, tp, tok.pad_token_id, batch_size=32)
     ref_seconds = time.perf_counter() - t0
@@ -73,11 +80,11 @@ def time_robalign(model_dir: Path, pairs, batch: int, steps: int, warmup: int, m
             "reference_precompute_s": ref_seconds, "reference_pairs": len(tp)}
 
 
-def time_shapo(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_length: int) -> dict:
+def time_shapo(model_dir: Path, pairs, batch: int, cycles: int, warmup: int, max_length: int) -> dict:
     """robalign DPO, ShaPO every step (k = 1) and every 5th step (k = 5), one step of each in turn on
     three copies of the model, so load from other processes hits all three alike. Mask: 1 % of the
-    MLP neurons (random; a probe's Top-K has the same cost), ρ = 0.05. Medians of the timed steps;
-    k = 5 counts whole cycles (one ShaPO step, four plain steps)."""
+    MLP neurons (random; a probe's Top-K has the same cost), ρ = 0.05. Each k = 5 cycle (one ShaPO
+    step, four plain ones) gives one paired ratio of summed step times over DPO's in that cycle."""
     from robalign.data.tokenize import collate_pairs, tokenize_pairs
     from robalign.models.loading import load_causal_lm, load_tokenizer
     from robalign.training.reference import compute_reference_logps
@@ -86,7 +93,7 @@ def time_shapo(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_
     from robalign.training.subspace import build_mask, resolve_parameter_mask
 
     tok = load_tokenizer(str(model_dir))
-    tp = tokenize_pairs(pairs, tok, max_length, max_length // 2, use_chat_template=False).pairs
+    tp = tokenize_pairs(pairs, tok, max_length, max_length // 2, prompt_format="plain").pairs
     settings = LossSettings({"dpo": 1.0}, 0.1, 0.0, 0.1, False, "mean", 1.0)
     runs = {}
     for name, interval in (("dpo", None), ("shapo_k1", 1), ("shapo_k5", 5)):
@@ -94,7 +101,7 @@ def time_shapo(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_
         mask = resolve_parameter_mask(model, build_mask(model, 0.01, "random", seed=0)) if interval else None
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-5), interval, mask, [])
     reference = compute_reference_logps(runs["dpo"][0], tp, tok.pad_token_id, batch_size=32)
-    timed = 5 * max(4, -(-steps // 5))  # whole k = 5 cycles, at least 4 (a median needs several ShaPO steps)
+    timed = 5 * cycles  # whole k = 5 cycles
     for step in range(warmup + timed):
         b = collate_pairs(tp[(step * batch) % len(tp):][:batch], tok.pad_token_id)
         for model, opt, interval, mask, times in runs.values():
@@ -107,15 +114,40 @@ def time_shapo(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_
             opt.step()
             opt.zero_grad(set_to_none=True)
             if step >= warmup:
-                times.append((bool(interval) and shapo_due(step, interval), time.perf_counter() - t0))
-    dpo, k1 = (statistics.median(t for _, t in runs[k][4]) for k in ("dpo", "shapo_k1"))
-    # k = 5: one ShaPO step and four plain ones per cycle, each part by its median (robust to load spikes)
-    k5_sam = statistics.median(t for due, t in runs["shapo_k5"][4] if due)
-    k5 = (k5_sam + 4 * statistics.median(t for due, t in runs["shapo_k5"][4] if not due)) / 5
+                times.append(time.perf_counter() - t0)
+    seconds = {name: run[4] for name, run in runs.items()}
     n_params = sum(p.numel() for p in runs["dpo"][0].parameters())
-    return {"shapo_dpo_s": dpo, "shapo_k1_s": k1, "shapo_k5_per_step_s": k5, "shapo_k1_over_dpo": k1 / dpo,
-            "shapo_k5_over_dpo": k5 / dpo, "shapo_mask_share": runs["shapo_k1"][3].numel / n_params,
-            "shapo_steps_timed": timed}
+    return {"shapo_dpo_s": statistics.median(seconds["dpo"]), "shapo_k1_s": statistics.median(seconds["shapo_k1"]),
+            "shapo_k5_per_step_s": statistics.median(cycle_sums(seconds["shapo_k5"], 5)) / 5,
+            "shapo_k1_over_dpo": cycle_ratios(seconds["shapo_k1"], seconds["dpo"], 5),
+            "shapo_k5_over_dpo": cycle_ratios(seconds["shapo_k5"], seconds["dpo"], 5),
+            "shapo_mask_share": runs["shapo_k1"][3].numel / n_params, "shapo_steps_timed": timed}
+
+
+def cycle_sums(times: list[float], cycle: int) -> list[float]:
+    """Summed step times of each whole cycle: (len(times) // cycle,)."""
+    return [sum(times[i : i + cycle]) for i in range(0, len(times) - cycle + 1, cycle)]
+
+
+def cycle_ratios(times: list[float], baseline: list[float], cycle: int) -> list[float]:
+    """One paired ratio per cycle: Σ times / Σ baseline over the same steps."""
+    return [a / b for a, b in zip(cycle_sums(times, cycle), cycle_sums(baseline, cycle))]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """median, min, quartiles (q1, q3: statistics.quantiles, inclusive) and max of ≥ 1 values."""
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return {"median": statistics.median(values), "min": min(values), "q1": q1, "q3": q3, "max": max(values)}
+
+
+def round_ratios(ours: list[dict], trl: list[dict], batch: int) -> dict[str, list[float]]:
+    """Per alternating round, robalign's median step over TRL's, without and with the one-off
+    reference pass spread over one epoch of the benchmark pairs (later epochs reuse it)."""
+    plain, with_ref = [], []
+    for o, t in zip(ours, trl):
+        plain.append(o["median_s"] / t["median_s"])
+        with_ref.append((o["median_s"] + o["reference_precompute_s"] * batch / o["reference_pairs"]) / t["median_s"])
+    return {"robalign_over_trl": plain, "robalign_incl_reference_over_trl": with_ref}
 
 
 def time_trl(model_dir: Path, pairs, batch: int, steps: int, warmup: int, max_length: int) -> dict:
@@ -152,10 +184,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="micro", choices=["nano", "micro", "mini"])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per round and contender")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=160)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; each side's best counts")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="alternating robalign/TRL rounds, and ShaPO k = 5 cycles; each gives one ratio")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -165,37 +198,45 @@ def main() -> None:
         model_dir = build_tiny_model(Path(tmp) / "model", size=args.size, arch="llama")
         n_params = json.loads((model_dir / "robalign_tiny.json").read_text())["parameters"]
         pairs = bench_pairs(args.batch * (args.steps + args.warmup))
-        # Alternate the contenders and keep each one's best round, so a burst of load from
-        # another process does not land on one side only.
+        timing = (model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length)
         ours_rounds, trl_rounds = [], []
-        for _ in range(args.rounds):
-            ours_rounds.append(time_robalign(model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length))
-            try:
-                trl_rounds.append(time_trl(model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length))
-            except ImportError:
-                pass
-        shapo = time_shapo(model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length)
-        ours = min(ours_rounds, key=lambda r: r["median_s"])
-        trl = min(trl_rounds, key=lambda r: r["median_s"]) if trl_rounds else None
-    result = {
+        for r in range(args.rounds):  # who goes first alternates, so a slow spell hits both sides alike
+            for side in (("robalign", "trl") if r % 2 == 0 else ("trl", "robalign")):
+                if side == "robalign":
+                    ours_rounds.append(time_robalign(*timing))
+                else:
+                    with contextlib.suppress(ImportError):
+                        trl_rounds.append(time_trl(*timing))
+        shapo = time_shapo(model_dir, pairs, args.batch, args.rounds, args.warmup, args.max_length)
+    ratios = round_ratios(ours_rounds, trl_rounds, args.batch) if trl_rounds else {}
+    ratios |= {k: shapo.pop(k) for k in ("shapo_k1_over_dpo", "shapo_k5_over_dpo")}
+    goals = {"robalign_over_trl": 0.8, "shapo_k1_over_dpo": 2.0, "shapo_k5_over_dpo": 1.25}
+    summary = {name: spread(values) for name, values in ratios.items()}
+    print(json.dumps(report(args, n_params, ours_rounds, trl_rounds, shapo, summary, goals),
+                     indent=None if args.json else 2))
+
+
+def report(args, n_params: int, ours: list[dict], trl: list[dict], shapo: dict, summary: dict, goals: dict) -> dict:
+    """The JSON object: medians under the old key names, each ratio's spread, and the verdicts."""
+    def r4(x):
+        return round(x, 4) if isinstance(x, float) else x
+
+    median = {name: s["median"] for name, s in summary.items()}
+    return {
         "benchmark": "train_step", "model": f"tiny llama {args.size}", "parameters": n_params,
         "batch_pairs": args.batch, "max_length": args.max_length,
-        "mean_tokens_per_sequence": round(ours["mean_tokens_per_sequence"], 1),
+        "mean_tokens_per_sequence": round(statistics.mean(o["mean_tokens_per_sequence"] for o in ours), 1),
         "threads": torch.get_num_threads(), "device": "cpu", "steps_timed": args.steps, "rounds": args.rounds,
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "robalign_dpo_s": round(ours["median_s"], 4),
-        "robalign_reference_precompute_s": round(ours["reference_precompute_s"], 3),
-        "trl_dpo_s": round(trl["median_s"], 4) if trl else None,
-        "robalign_over_trl": round(ours["median_s"] / trl["median_s"], 3) if trl else None,
-        # the one-off reference pass spread over one epoch of these pairs (later epochs reuse it)
-        "robalign_incl_reference_over_trl": round(
-            (ours["median_s"] + ours["reference_precompute_s"] * args.batch / ours["reference_pairs"]) / trl["median_s"], 3
-        ) if trl else None,
-        "goal_robalign_over_trl": 0.8,
-        **{k: round(v, 4) if isinstance(v, float) else v for k, v in shapo.items()},
-        "goal_shapo_k1_over_dpo": 2.0, "goal_shapo_k5_over_dpo": 1.25,
+        "robalign_dpo_s": r4(statistics.median(o["median_s"] for o in ours)),
+        "robalign_reference_precompute_s": round(statistics.median(o["reference_precompute_s"] for o in ours), 3),
+        "trl_dpo_s": r4(statistics.median(t["median_s"] for t in trl)) if trl else None,
+        **{name: round(value, 3) for name, value in median.items()},
+        **{f"{name}_spread": {k: round(v, 3) for k, v in s.items() if k != "median"} for name, s in summary.items()},
+        **{k: r4(v) for k, v in shapo.items()},
+        **{f"goal_{name}": goal for name, goal in goals.items()},
+        "goal_met": {name: median[name] <= goal for name, goal in goals.items() if name in median},
     }
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
