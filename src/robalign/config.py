@@ -109,6 +109,7 @@ class TrainingConfig:
     max_grad_norm: float | None = 10.0
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast; master weights stay fp32)
+    check_initial_loss: bool = True  # stop if the first batch's DPO loss is not ln 2 (docs/methods.md#prompt-formats)
     logging_steps: int = 1
     eval_steps: int = 0  # 0 = evaluate only at the end
     save_steps: int = 0  # 0 = no intermediate checkpoints

@@ -49,3 +49,40 @@ def test_a_shifted_reference_is_caught(first_batch):
     assert loss == pytest.approx(-math.log(1 / (1 + math.exp(0.2))), abs=1e-4)  # -log σ(-0.2) = 0.798
     with pytest.raises(UserError, match="not ln 2.*does not start as the reference"):
         check_initial_loss(loss, "fp32")
+
+
+def _config(tmp_path, model_dir, *overrides):
+    from robalign.config import TrainConfig, load_config
+
+    return load_config(TrainConfig, None, [
+        f"output_dir={tmp_path / 'run'}", f"model.name_or_path={model_dir}", "data.train=synthetic:200",
+        "data.max_length=96", "data.max_prompt_length=64", "training.max_steps=2",
+        "training.per_device_batch_size=4", *overrides])
+
+
+def test_trainer_logs_the_pair_checks_ln2_and_scores_only_scheduled_pairs(tmp_path, nano_llama):
+    import json
+
+    from robalign.training.trainer import train
+
+    result = train(_config(tmp_path, nano_llama))
+    info = json.loads((result.output_dir / "run_info.json").read_text())
+    assert info["initial_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert info["reference_pairs"] == 8 < info["train_pairs"]  # 2 steps x 4 pairs, not all 180
+    assert "<|assistant|>" in (result.output_dir / "example_pair.txt").read_text()
+
+
+def test_a_stale_reference_cache_stops_the_run(tmp_path, nano_llama):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from robalign.training.trainer import train
+
+    first = train(_config(tmp_path, nano_llama))
+    cache = json.loads((first.output_dir / "run_info.json").read_text())["reference_cache"]["train"]
+    tensors = load_file(cache)
+    save_file({**tensors, "chosen": tensors["chosen"] + 2.0}, cache)  # as if computed on other tokens
+    with pytest.raises(UserError, match="not ln 2"):
+        train(_config(tmp_path, nano_llama), overwrite=True)
+    train(_config(tmp_path, nano_llama, "training.check_initial_loss=false"), overwrite=True)  # opt-out runs

@@ -168,8 +168,10 @@ def test_non_finite_gradients_skip_the_step_and_leave_weights_alone(tmp_path, na
     name = next(k for k in weights if "layers.1.mlp.up_proj" in k)
     weights[name][0, 0] = float("nan")
     save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UserError, match="log-probs are not finite before any update"):
+        train(make_config(tmp_path, poisoned))  # the pre-flight check stops it first
     with pytest.warns(UserWarning, match="non-finite gradient norm, optimizer step skipped"):
-        result = train(make_config(tmp_path, poisoned))
+        result = train(make_config(tmp_path, poisoned, "training.check_initial_loss=false"), overwrite=True)
     after = load_file(result.output_dir / "model" / "model.safetensors")
     for key, value in weights.items():
         assert torch.equal(after[key], value) if key != name else torch.isnan(after[key][0, 0])

@@ -68,7 +68,11 @@ def initial_dpo_loss(model, batch: PairBatch, reference: tuple[dict, dict], beta
 def check_initial_loss(loss: float, precision: str) -> None:
     """Raise when the first batch's DPO loss is not ln 2 (policy ≠ reference at step 0)."""
     tolerance = INITIAL_LOSS_TOLERANCE.get(precision, INITIAL_LOSS_TOLERANCE["fp32"])
-    if not math.isfinite(loss) or abs(loss - LN2) > tolerance:
+    if not math.isfinite(loss):
+        raise UserError(f"the first batch's DPO loss is {loss}: the model's log-probs are not finite before any "
+                        "update (NaN or inf weights, or an overflow at this precision). Check the checkpoint; "
+                        "training.check_initial_loss=false trains anyway (non-finite steps are then skipped).")
+    if abs(loss - LN2) > tolerance:
         raise UserError(
             f"the first batch's DPO loss is {loss:.6f}, not ln 2 = {LN2:.6f} (tolerance {tolerance:g} at "
             f"{precision}): the policy does not start as the reference. The reference log-probs were computed "

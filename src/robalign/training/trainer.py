@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,7 @@ from robalign.models.loading import load_causal_lm, load_tokenizer, model_finger
 from robalign.provenance import run_record, write_json_atomic
 from robalign.training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from robalign.training.metrics_log import MetricsLog
+from robalign.training.preflight import check_initial_loss, describe_pair, initial_dpo_loss
 from robalign.training.reference import reference_logps
 from robalign.training.shapo import shapo_due, shapo_step
 from robalign.training.step import LossSettings, accumulate_gradients, evaluate
@@ -150,21 +152,27 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     model = load_causal_lm(config.model.name_or_path, config.model.revision, config.model.dtype,
                            config.model.trust_remote_code).to(accelerator.device)
     train_pairs, eval_pairs, data_info = prepare_data(config, tokenizer)
+    if accelerator.is_main_process and not resume_from:
+        _log_example_pair(train_pairs[0], tokenizer, out)
     fingerprint = model_fingerprint(config.model.name_or_path, config.model.revision)
     pad = tokenizer.pad_token_id
-    ref_kw = dict(cache_dir=config.cache_dir, batch_size=t.eval_batch_size, precision=t.precision)
-    ref_train = reference_logps(model, train_pairs, pad, fingerprint, desc="reference log-probs (train)", **ref_kw)
-    ref_eval = reference_logps(model, eval_pairs, pad, fingerprint, desc="reference log-probs (eval)", **ref_kw)
-    if config.lora.enabled:
-        model = _apply_lora(config, model)
-    require_fp32_master_weights(model, config.model.dtype)
-    model.train()
 
     world = accelerator.num_processes
     global_batch = t.per_device_batch_size * t.gradient_accumulation_steps * world
     n = len(train_pairs)
     steps_per_epoch = max(1, n // global_batch if world > 1 else math.ceil(n / global_batch))
     total_steps = t.max_steps or steps_per_epoch * t.num_epochs
+    # Reference log-probs only for the pairs the schedule reaches: 60 steps of 8 over 5,000 PKU
+    # pairs need 480 of them (on SmolLM2 / 2 CPU cores, ~2 s a pair saved).
+    scheduled = sorted({i for s in range(total_steps) for i in step_indices(n, global_batch, s, steps_per_epoch, t.seed)})
+    ref_kw = dict(cache_dir=config.cache_dir, batch_size=t.eval_batch_size, precision=t.precision)
+    ref_train = reference_logps(model, [train_pairs[i] for i in scheduled], pad, fingerprint,
+                                desc="reference log-probs (train)", **ref_kw)
+    ref_eval = reference_logps(model, eval_pairs, pad, fingerprint, desc="reference log-probs (eval)", **ref_kw)
+    if config.lora.enabled:
+        model = _apply_lora(config, model)
+    require_fp32_master_weights(model, config.model.dtype)
+    model.train()
     optimizer = _optimizer(config, [p for p in model.parameters() if p.requires_grad])
     scheduler = get_scheduler("constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler,
                               optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
@@ -174,12 +182,19 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                             config.loss.rdpo_epsilon, config.loss.ipo_length_normalize, config.loss.aggregation,
                             config.loss.drdpo_beta)
     shapo_mask = resolve_parameter_mask(unwrapped, t.shapo.mask, fingerprint) if t.shapo.enabled else None
-    start_step = 0
+    start_step, initial_loss = 0, None
     if resume_from is not None:
         start_step = load_checkpoint(resume_from, unwrapped, optimizer, scheduler)["step"]
+    elif t.check_initial_loss:  # policy = reference at step 0, so the DPO loss is ln 2 (training/preflight.py)
+        first = step_indices(n, global_batch, 0, steps_per_epoch, t.seed)[accelerator.process_index::world]
+        batch = collate_pairs([train_pairs[i] for i in first[: t.per_device_batch_size]], pad)
+        initial_loss = initial_dpo_loss(model, batch, (ref_train.chosen, ref_train.rejected), config.loss.beta,
+                                        autocast)
+        check_initial_loss(initial_loss, t.precision)
 
     record = {"status": "running", "model_fingerprint": fingerprint, "world_size": world,
               "total_steps": total_steps, "global_batch": global_batch, **data_info,
+              "reference_pairs": len(scheduled), "initial_dpo_loss": initial_loss,
               "shapo_mask": shapo_mask.summary() if shapo_mask else None,
               "reference_cache": {"train": str(ref_train.cache_file), "train_hit": ref_train.cache_hit,
                                   "eval": str(ref_eval.cache_file), "eval_hit": ref_eval.cache_hit}}
@@ -244,6 +259,14 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     log.close()
     accelerator.wait_for_everyone()
     return TrainResult(out, total_steps, metrics, eval_metrics)
+
+
+def _log_example_pair(pair, tokenizer, out: Path) -> None:
+    """One pair as the model reads it, in the log and in ``example_pair.txt`` (a doubled BOS or
+    system prompt shows there before any compute is spent)."""
+    text = describe_pair(pair, tokenizer)
+    (out / "example_pair.txt").write_text(text + "\n")
+    tqdm.write(text, file=sys.stderr)
 
 
 def _save_final(config: TrainConfig, model, tokenizer, out: Path) -> None:
