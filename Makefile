@@ -31,7 +31,7 @@ test-all: $(STAMP) models
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not gpu"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py --json
