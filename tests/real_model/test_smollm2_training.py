@@ -88,6 +88,23 @@ def test_dpo_full_finetune_saves_resumes_and_hits_the_reference_cache(tmp_path, 
     assert info["resumed_from"][-1].endswith("step-000001") and info["status"] == "complete"
 
 
+
+@pytest.mark.xfail(strict=True, reason="reference cache key (training/reference.py reference_logps: model fingerprint "
+                   "| tokens | precision) ignores model.dtype: log-probs of bf16 weights are served to an fp32-weight "
+                   "run, whose first loss is then ~0.686, not ln 2 (inside the bf16 preflight tolerance 3e-2)")
+def test_reference_cache_keeps_weight_dtypes_apart(tmp_path, smollm2, shared_data):
+    """Same model, pairs and precision (bf16 autocast), other weight dtype: a LoRA run on a bf16
+    base (allowed: its adapters are fp32), then a full fine-tune of fp32 weights. bf16 weights
+    also round the residual stream and the norms, so the reference log-probs differ and the
+    second run's cache lookup must miss; served the first run's, its first loss is not ln 2."""
+    lora = ["lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj]", "model.dtype=bfloat16"]
+    first = train(make_config(tmp_path, smollm2, shared_data / PKU, "training.max_steps=1", *lora, name="bf16"))
+    assert step_rows(first.output_dir)[1]["loss"] == pytest.approx(LN2, abs=1e-3)
+    second = train(make_config(tmp_path, smollm2, shared_data / PKU, "training.max_steps=1", name="fp32"))
+    info = json.loads((second.output_dir / "run_info.json").read_text())
+    assert step_rows(second.output_dir)[1]["loss"] == pytest.approx(LN2, abs=1e-3)
+    assert not info["reference_cache"]["train_hit"]
+
 # At θ = θ_ref (h = 0): dpo, cdpo, rdpo and soft are each ln 2 for any ε or q; ipo is
 # (0 − 1/(2β))² = 25 at β = 0.1; sft is the chosen response's mean token NLL (~2 nats on PKU).
 LOSSES = {
