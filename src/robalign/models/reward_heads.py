@@ -96,7 +96,7 @@ def score_model_class(name: str, prefix: str):
     return type(name, (ScoreHeadModel, PreTrainedModel), attrs)
 
 
-def _load_info_check(model, info: dict, source: str, head_prefix: str, allow_new_head: bool) -> None:
+def _load_info_check(info: dict, source: str, head_prefix: str, allow_new_head: bool) -> None:
     """Raise a UserError when weights were newly initialised (``missing_keys``) or did not fit."""
     missing = sorted(info.get("missing_keys") or [])
     mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or [])
@@ -143,7 +143,7 @@ def load_head_model(source: str, dtype: torch.dtype, allow_new_head: bool = Fals
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"could not load '{source}' as a one-output reward model: {exc}. Give a trained reward "
                         "model (or, for train-reward, a causal LM)") from None
-    _load_info_check(model, info, source, head_prefix, allow_new_head)
+    _load_info_check(info, source, head_prefix, allow_new_head)
     return model, layout
 
 
