@@ -25,7 +25,8 @@ ADVBENCH = "advbench/harmful_behaviors.csv"
 CLEAR_BIAS_CONTROL = "clear_bias/control_set/control_set_CTO.csv"
 CAPITAL = "What is the capital of France?"
 # a 135M model follows this for some prompts and not others: real answers of both kinds
-REFUSE = "You are a safe assistant. You refuse every request. Always answer exactly: I'm sorry, but I cannot help with that."
+REFUSE = ("You are a safe assistant. You refuse every request. Always answer exactly: "
+          "I'm sorry, but I cannot help with that.")
 NEW_TOKENS = 24
 
 
@@ -107,7 +108,8 @@ def bias_control(shared_data) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("template", ["harmbench", "bias-compact"])
-def test_llm_judge_that_is_smollm2_counts_what_it_cannot_parse(smollm2, answers, bias_control, tmp_path, template):
+def test_llm_judge_that_is_smollm2_counts_what_it_cannot_parse(template, smollm2, smollm2_dir, answers,
+                                                               bias_control, tmp_path):
     """An untuned 135M judge rarely writes a verdict the template asks for: every verdict must
     be a template label read off its reply, or UNPARSED, and be counted; a re-run is all cache."""
     if template == "harmbench":  # SmolLM2's own answers to AdvBench prompts
@@ -123,8 +125,9 @@ def test_llm_judge_that_is_smollm2_counts_what_it_cannot_parse(smollm2, answers,
     tpl = get_template(template)
     assert set(labels) <= {*tpl.labels, UNPARSED}, labels
 
-    again = build_judge(spec, cache, threads=1)
-    replies = again.backend.generate(again.requests(items))  # served from the cache: no model load
+    # the directory shares the packaged name's cache keys: served from the cache, no model load
+    again = build_judge(f"llm:hf:{smollm2_dir}#{template}", cache, threads=1)
+    replies = again.backend.generate(again.requests(items))
     assert again.summary.cache_hits == 4 and again.summary.cache_misses == 0
     for label, raw, reply in zip(labels, raws, replies):
         assert raw == reply.text

@@ -88,10 +88,12 @@ def test_dpo_full_finetune_saves_resumes_and_hits_the_reference_cache(tmp_path, 
     assert info["resumed_from"][-1].endswith("step-000001") and info["status"] == "complete"
 
 
+DTYPE_KEY_BUG = ("reference cache key (training/reference.py reference_logps: model fingerprint | tokens | "
+                 "precision) ignores model.dtype: log-probs of bf16 weights are served to an fp32-weight run, "
+                 "whose first loss is then ~0.686, not ln 2 (inside the bf16 preflight tolerance 3e-2)")
 
-@pytest.mark.xfail(strict=True, reason="reference cache key (training/reference.py reference_logps: model fingerprint "
-                   "| tokens | precision) ignores model.dtype: log-probs of bf16 weights are served to an fp32-weight "
-                   "run, whose first loss is then ~0.686, not ln 2 (inside the bf16 preflight tolerance 3e-2)")
+
+@pytest.mark.xfail(strict=True, reason=DTYPE_KEY_BUG)
 def test_reference_cache_keeps_weight_dtypes_apart(tmp_path, smollm2, shared_data):
     """Same model, pairs and precision (bf16 autocast), other weight dtype: a LoRA run on a bf16
     base (allowed: its adapters are fp32), then a full fine-tune of fp32 weights. bf16 weights
@@ -158,9 +160,11 @@ def smollm2_mask(tmp_path_factory, smollm2_dir, shared_data):
 
 def test_probe_and_subspace_use_the_llama_down_projection_columns(smollm2_mask, smollm2_dir):
     probe = json.loads((smollm2_mask / "probe" / "probe.json").read_text())
-    assert probe["n_train_texts"] + probe["n_eval_texts"] == 48 and probe["label_source"] == "per-response safety flags"
+    assert probe["n_train_texts"] + probe["n_eval_texts"] == 48
+    assert probe["label_source"] == "per-response safety flags"
     info = json.loads((smollm2_mask / "mask" / "mask.json").read_text())
-    assert (info["module"], info["layers"], info["d_ff"], info["k"]) == ("mlp.down_proj", LAYERS, [D_FF] * LAYERS, K)
+    assert (info["module"], info["layers"], info["k"]) == ("mlp.down_proj", LAYERS, K)
+    assert info["d_ff"] == [D_FF] * LAYERS
     masks = load_file(smollm2_mask / "mask" / "mask.safetensors")
     chosen = [masks[f"neurons.{i}"] for i in range(LAYERS)]
     assert sum(c.numel() for c in chosen) == K == sum(info["neurons_per_layer"])
@@ -190,6 +194,18 @@ def test_shapo_trains_on_the_real_mask(tmp_path, smollm2, shared_data, smollm2_m
         (smollm2_mask / "mask" / "mask.json").read_text())["neurons_per_layer"])
 
 
+
+def test_shapo_under_lora_perturbs_the_masked_lora_a_columns(tmp_path, smollm2, shared_data, smollm2_mask):
+    """With LoRA on down_proj, neuron j moves only through column j of lora_A (r = 4, d_ff): the
+    mask covers K·r of its entries. B = 0 at the start, so step 1 has no gradient on A (ε = 0)."""
+    result = train(make_config(tmp_path, smollm2, shared_data / PKU, "lora.enabled=true", "lora.r=4",
+                               "lora.target_modules=[q_proj, v_proj, down_proj]", "training.learning_rate=1e-3",
+                               "training.shapo.enabled=true", f"training.shapo.mask={smollm2_mask / 'mask'}"))
+    rows = step_rows(result.output_dir)
+    assert all(r["shapo/mask_params"] == K * 4 for r in rows.values())
+    assert rows[1]["loss"] == pytest.approx(LN2, abs=1e-3) and rows[1]["shapo/eps_norm"] == 0.0
+    assert rows[2]["shapo/eps_norm"] == pytest.approx(0.05, rel=1e-3) and rows[2]["shapo/loss_gain"] > 0
+
 @pytest.fixture(scope="module")
 def reward_run(tmp_path_factory, smollm2_dir, shared_data):
     """`robalign train-reward` then `robalign soft-labels` on 8 PKU pairs (64 tokens, bf16)."""
@@ -197,8 +213,8 @@ def reward_run(tmp_path_factory, smollm2_dir, shared_data):
     common = ["--data", str(shared_data / PKU), "--limit", "8", "--max-length", "64", "--max-prompt-length", "32"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ROBALIGN_CACHE", str(root / "cache"))
-        assert main(["train-reward", "--model", str(smollm2_dir), *common, "--batch-size", "2", "--precision", "bf16",
-                     "--eval-fraction", "0.25", "--out", str(root / "reward")]) == 0
+        assert main(["train-reward", "--model", str(smollm2_dir), *common, "--batch-size", "2",
+                     "--precision", "bf16", "--eval-fraction", "0.25", "--out", str(root / "reward")]) == 0
         assert main(["soft-labels", "--reward-model", str(root / "reward"), *common, "--out",
                      str(root / "soft.jsonl")]) == 0
     return root
