@@ -109,9 +109,13 @@ def test_reference_cache_keeps_weight_dtypes_apart(tmp_path, smollm2, shared_dat
 
 # At θ = θ_ref (h = 0): dpo, cdpo, rdpo and soft are each ln 2 for any ε or q; ipo is
 # (0 − 1/(2β))² = 25 at β = 0.1; sft is the chosen response's mean token NLL (~2 nats on PKU).
+# The first case reads multi-turn HH-RLHF harmless dialogues (rendered turn by turn by the chat
+# template; the real test split has 4 rows with an empty response, skipped); the second reads
+# the soft labels `robalign soft-labels` wrote from SmolLM2's own reward model.
+HH = "hh_rlhf_harmless_base/test.jsonl.gz"
 LOSSES = {
-    "dpo+cdpo+rdpo+ipo": (["loss.losses={dpo: 1.0, cdpo: 1.0, rdpo: 1.0, ipo: 0.01}", "loss.label_smoothing=0.1",
-                           "loss.rdpo_epsilon=0.2"], (3 * LN2 + 0.25, 3 * LN2 + 0.25)),
+    "dpo+cdpo+rdpo+ipo-hh": (["loss.losses={dpo: 1.0, cdpo: 1.0, rdpo: 1.0, ipo: 0.01}", "loss.label_smoothing=0.1",
+                              "loss.rdpo_epsilon=0.2", "data.on_invalid=skip"], (3 * LN2 + 0.25, 3 * LN2 + 0.25)),
     "soft+sft-drdpo-accum": (["loss.losses={soft: 1.0, sft: 0.1}", "loss.aggregation=drdpo",
                               "training.gradient_accumulation_steps=2"], (LN2 + 0.1 * 0.5, LN2 + 0.1 * 5.0)),
 }
@@ -120,13 +124,16 @@ LOSSES = {
 @pytest.mark.parametrize("case", list(LOSSES))
 def test_every_loss_trains_the_full_model(tmp_path, smollm2, shared_data, soft_label_file, case):
     overrides, (low, high) = LOSSES[case]
-    data = soft_label_file if "soft" in case else shared_data / PKU  # soft needs the soft_label column
+    data = soft_label_file if "soft" in case else shared_data / HH
     result = train(make_config(tmp_path, smollm2, data, *overrides))
     rows = step_rows(result.output_dir)
     assert low - 2e-3 <= rows[1]["loss"] <= high + 2e-3, rows[1]
     assert abs(rows[1]["rewards/margins"]) < 1e-2 and rows[2]["rewards/chosen"] != 0.0
     assert all(math.isfinite(v) for r in rows.values() for v in r.values())
     assert math.isfinite(result.eval_metrics["eval/loss"])
+    if case.endswith("-hh"):  # the prompt ends in an opened assistant turn after earlier user turns
+        shown = (result.output_dir / "example_pair.txt").read_text()
+        assert "<|im_start|>user" in shown and "<|im_start|>assistant\\n'" in shown, shown
 
 
 def test_lora_trains_only_the_adapter_and_merges(tmp_path, smollm2, smollm2_dir, shared_data):
