@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from robalign.data.formats import render_prompt
 from robalign.data.preference import PreferencePair
@@ -92,7 +93,8 @@ def pooled_hidden_states(model, tokenizer, texts: Sequence[str], batch_size: int
     tokenizer.truncation_side = "left"
     out = []
     try:
-        for start in range(0, len(texts), batch_size):
+        for start in tqdm(range(0, len(texts), batch_size), desc="probe features", leave=False,
+                          disable=len(texts) <= batch_size):
             enc = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
                             max_length=max_length, add_special_tokens=add_special_tokens, return_tensors="pt")
             mask = enc["attention_mask"].to(device)

@@ -58,7 +58,11 @@ def reference_logps(model, pairs: list[TokenizedPair], pad_token_id: int, model_
                     cache_dir: str | Path | None = None, batch_size: int = 16, precision: str = "fp32",
                     desc: str = "reference log-probs") -> ReferenceLogps:
     """Cached reference log-probs for ``pairs``; a hit loads in milliseconds."""
-    key = hashlib.sha256(f"{model_fingerprint}|{tokens_fingerprint(pairs)}|{precision}".encode()).hexdigest()[:24]
+    # the weights' dtype and device are in the key too: a bf16 base (LoRA) and its fp32 copy share a
+    # fingerprint but not their log-probs
+    weights = next(model.parameters())
+    numerics = f"{precision}|{weights.dtype}|{weights.device.type}"
+    key = hashlib.sha256(f"{model_fingerprint}|{tokens_fingerprint(pairs)}|{numerics}".encode()).hexdigest()[:24]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache / "reference_logps" / f"{key}.safetensors"
     ids = [p.id for p in pairs]
