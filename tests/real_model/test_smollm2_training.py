@@ -88,12 +88,6 @@ def test_dpo_full_finetune_saves_resumes_and_hits_the_reference_cache(tmp_path, 
     assert info["resumed_from"][-1].endswith("step-000001") and info["status"] == "complete"
 
 
-DTYPE_KEY_BUG = ("reference cache key (training/reference.py reference_logps: model fingerprint | tokens | "
-                 "precision) ignores model.dtype: log-probs of bf16 weights are served to an fp32-weight run, "
-                 "whose first loss is then ~0.686, not ln 2 (inside the bf16 preflight tolerance 3e-2)")
-
-
-@pytest.mark.xfail(strict=True, reason=DTYPE_KEY_BUG)
 def test_reference_cache_keeps_weight_dtypes_apart(tmp_path, smollm2, shared_data):
     """Same model, pairs and precision (bf16 autocast), other weight dtype: a LoRA run on a bf16
     base (allowed: its adapters are fp32), then a full fine-tune of fp32 weights. bf16 weights

@@ -20,10 +20,11 @@ from robalign.errors import UserError
 from robalign.training.step import LossSettings, batch_loss
 
 LN2 = math.log(2.0)
-# |mean DPO loss − ln 2| allowed on the first batch. fp32: reference and policy differ only by
-# padding width (the reference pass batches by length), ~1e-6 on the tiny models. bf16 autocast
-# rounds logits to 8 bits of mantissa, so summed log-probs of ~100 tokens move by ~0.1 nats.
-INITIAL_LOSS_TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2}
+# |mean DPO loss − ln 2| allowed on the first batch. Reference and policy differ only by padding
+# width (the reference pass batches by length): ~1e-6 on the tiny models in fp32, ~1e-7 on SmolLM2
+# under bf16 autocast. A reference cached from bf16 *weights* served to an fp32 run was off by
+# 7e-3 on SmolLM2, so the bf16 bound must stay below that.
+INITIAL_LOSS_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-3}
 
 
 def doubled_special_tokens(prompt_ids: tuple[int, ...], tokenizer) -> list[str]:
