@@ -83,3 +83,14 @@ def test_generation_feeds_the_prompt_ids_training_uses(base_tokenizer, tiny_toke
     # before: a base model was asked "Tell me a joke" bare, while trained on another layout
     decoded = base_tokenizer.decode(prompt_token_ids(base_tokenizer, [{"role": "user", "content": "Hi"}]))
     assert decoded == "\n\nHuman: Hi\n\nAssistant:"
+
+
+def test_safe_rlhf_conversations_end_earlier_answers_with_eos(base_tokenizer):
+    from robalign.models.reward_heads import safe_rlhf_text
+
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"}]
+    text = render_prompt(messages, base_tokenizer, "safe_rlhf").text
+    assert text == "BEGINNING OF CONVERSATION: USER: a ASSISTANT:b<|end|>USER: c ASSISTANT:"
+    # reward scoring renders the same template (one definition)
+    assert safe_rlhf_text(messages, "d", base_tokenizer.eos_token) == text + "d"

@@ -35,13 +35,14 @@ class TranscriptFormat:
     assistant: str  # prefix of an assistant turn; a prompt ends with it
     response_prefix: str  # put before the response text (HH responses start after "Assistant:" with a space)
     system: str = "{content}\n\n"
+    turn_end: str = ""  # after an earlier assistant turn; "{eos}" = the tokenizer's EOS token (safe-rlhf)
 
 
 TRANSCRIPTS: dict[str, TranscriptFormat] = {
     "hh": TranscriptFormat("hh", begin="", user="\n\nHuman: ", assistant="\n\nAssistant:", response_prefix=" "),
     # safe-rlhf's constants: PROMPT_BEGIN + "USER: {input} " + "ASSISTANT:", response appended directly
     "safe_rlhf": TranscriptFormat("safe_rlhf", begin="BEGINNING OF CONVERSATION: ", user="USER: ",
-                                  assistant=" ASSISTANT:", response_prefix=""),
+                                  assistant=" ASSISTANT:", response_prefix="", turn_end="{eos}"),
     "plain": TranscriptFormat("plain", begin="", user="", assistant="", response_prefix="\n", system="{content}\n"),
 }
 FORMAT_NAMES = ("auto", "chat_template", *TRANSCRIPTS)
@@ -80,14 +81,14 @@ def _messages(prompt: str | list[dict]) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-def render_transcript(messages: list[dict], fmt: TranscriptFormat) -> str:
+def render_transcript(messages: list[dict], fmt: TranscriptFormat, eos_token: str = "") -> str:
     parts = [fmt.begin]
     for m in messages:
         role, content = m["role"], m["content"]
         if role == "system":
             parts.append(fmt.system.format(content=content))
         elif role == "assistant":
-            parts.append(f"{fmt.assistant}{fmt.response_prefix}{content}")
+            parts.append(f"{fmt.assistant}{fmt.response_prefix}{content}{fmt.turn_end.format(eos=eos_token)}")
         else:
             parts.append(f"{fmt.user}{content}")
     return "".join(parts) + fmt.assistant
@@ -101,7 +102,8 @@ def render_prompt(prompt: str | list[dict], tokenizer, prompt_format: str | bool
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return RenderedPrompt(text, name, "")
     fmt = TRANSCRIPTS[name]
-    return RenderedPrompt(render_transcript(messages, fmt), name, fmt.response_prefix)
+    text = render_transcript(messages, fmt, getattr(tokenizer, "eos_token", None) or "")
+    return RenderedPrompt(text, name, fmt.response_prefix)
 
 
 def render_pair_text(prompt: str | list[dict], response: str, tokenizer, prompt_format: str | bool = "auto") -> str:

@@ -27,13 +27,12 @@ import logging
 import torch
 from torch import nn
 
+from robalign.data.formats import TRANSCRIPTS, render_transcript
 from robalign.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("sequence_classification", "safe_rlhf")
-SAFE_RLHF_BEGIN = "BEGINNING OF CONVERSATION: "
-SAFE_RLHF_USER = "USER: {content} ASSISTANT:"  # the response follows the colon directly
 NORM_EPS = 1e-8  # safe-rlhf's normaliser epsilon
 
 
@@ -174,7 +173,5 @@ def safe_rlhf_text(prompt: str | list[dict], response: str, eos_token: str, pair
     if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
         raise UserError(f"pair '{pair_id}': the safe-rlhf conversation format needs user/assistant turns that "
                         f"alternate and end with a user turn (no system turn); got roles {roles}")
-    parts = [SAFE_RLHF_BEGIN]
-    for m in messages:
-        parts.append(SAFE_RLHF_USER.format(content=m["content"]) if m["role"] == "user" else m["content"] + eos_token)
-    return "".join(parts) + response
+    fmt = TRANSCRIPTS["safe_rlhf"]  # the one definition of the template (robalign.data.formats)
+    return render_transcript(messages, fmt, eos_token) + fmt.response_prefix + response
