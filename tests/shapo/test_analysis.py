@@ -61,6 +61,10 @@ def test_share_curve_invariants(analysed):
         for kind in ("top", "bottom", "random"):  # no K neurons beat the K largest gradients, to first order
             assert row[f"{kind}_first_order"] <= row["oracle_first_order"] + 1e-9
         assert row["random_first_order_min"] <= row["random_first_order"] <= row["random_first_order_max"]
+        for kind in ("top", "bottom", "oracle"):  # the additive share is the square of the norm share
+            assert row[f"{kind}_energy"] == pytest.approx(row[f"{kind}_first_order"] ** 2)
+        lo, hi = row["random_energy_ci95"]
+        assert lo <= row["random_energy"] <= hi
     for kind in ("top", "oracle"):  # nested sets: shares grow with K
         values = [r[f"{kind}_first_order"] for r in rows]
         assert values == sorted(values)
@@ -81,3 +85,11 @@ def test_cli_writes_figure_and_json(tmp_path, nano_llama, capsys):
     assert [r["k"] for r in record["rows"]] == [10, 102, 1024] and record["pairs"] == 32
     assert (tmp_path / "fig" / "figure1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "K=    10" in capsys.readouterr().out
+
+
+def test_mean_ci95_by_hand():
+    from robalign.training.subspace import mean_ci95
+
+    # mean 2, sd 1, t_{0.975, 2} = 4.3027: half-width 4.3027 / sqrt(3) = 2.4841
+    lo, hi = mean_ci95([1.0, 2.0, 3.0])
+    assert lo == pytest.approx(-0.4841, abs=1e-4) and hi == pytest.approx(4.4841, abs=1e-4)

@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rho", type=float, default=0.05, help="perturbation norm for the measured share")
     p.add_argument("--fractions", default="0.001,0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.5,1.0",
                    help="comma-separated K / (layers * d_ff)")
-    p.add_argument("--random-seeds", type=int, default=3, help="random-K draws per K")
+    p.add_argument("--random-seeds", type=int, default=5, help="random-K draws per K (a t-interval over them is plotted)")
     p.add_argument("--max-length", type=int, default=192)
     p.add_argument("--max-prompt-length", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=16)
@@ -85,22 +85,23 @@ def plot_shares(result: dict, path, title: str) -> None:
 
     rows = result["rows"]
     ks = [r["k"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     styles = {"top": ("Top-K (probe)", "C0", "-"), "bottom": ("Bottom-K (probe)", "C1", "-"),
-              "random": ("Random-K (mean, min–max)", "C2", "-"), "oracle": ("gradient oracle", "k", "--")}
-    for ax, kind_of_share in zip(axes, ("first_order", "measured")):
+              "random": ("Random-K (mean, 95 % CI over seeds)", "C2", "-"), "oracle": ("gradient oracle", "k", "--")}
+    titles = {"first_order": "first-order share ‖g_S‖/‖g_all‖", "energy": "energy share ‖g_S‖²/‖g_all‖²",
+              "measured": "measured share of the loss increase"}
+    for ax, kind_of_share in zip(axes, titles):
         for kind, (label, color, line) in styles.items():
             key = f"{kind}_{kind_of_share}"
             if key not in rows[0]:
                 continue
             ax.plot(ks, [r[key] for r in rows], line, color=color, marker="o", ms=3, label=label)
             if kind == "random":
-                ax.fill_between(ks, [r[key + "_min"] for r in rows], [r[key + "_max"] for r in rows],
-                                color=color, alpha=0.2)
+                ci = [r[key + "_ci95"] for r in rows]
+                ax.fill_between(ks, [c[0] for c in ci], [c[1] for c in ci], color=color, alpha=0.2)
         ax.set_xscale("log")
         ax.set_xlabel("K (neurons perturbed)")
-        ax.set_title("first-order share ‖g_S‖/‖g_all‖" if kind_of_share == "first_order"
-                     else "measured share of the loss increase")
+        ax.set_title(titles[kind_of_share])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of worst-case loss increase")
     axes[0].legend(fontsize=8)

@@ -211,7 +211,11 @@ def fraction_of_parameters(mask: ParameterMask, model) -> float:
 # Perturbing only the neurons in S by ε with ‖ε‖₂ ≤ ρ raises the loss, to first order, by at most
 # ρ·‖g_S‖ (ε = ρ·g_S/‖g_S‖, Cauchy–Schwarz), where g_S is the gradient restricted to the columns
 # of S. Relative to perturbing every MLP neuron, the first-order share is ‖g_S‖ / ‖g_all‖; the
-# measured share replaces both by actual loss increases L(θ + ε_S) − L(θ).
+# measured share replaces both by actual loss increases L(θ + ε_S) − L(θ). The "energy" share
+# ‖g_S‖² / ‖g_all‖² = Σ_{j∈S} ‖g_j‖² / Σ_j ‖g_j‖² is additive over neurons (a cumulative
+# contribution) and is the first-order share of the official code's unnormalised step ε = γ·g_S
+# (gain γ‖g_S‖²). The paper's Figure-1 text was not available to check which one it plots, so
+# both are reported (docs/methods.md#figure-1).
 
 
 def neuron_gradients(model) -> list[torch.Tensor]:
@@ -247,10 +251,24 @@ def perturbed_loss(model, grads: list[torch.Tensor], chosen: list[torch.Tensor],
             view[idx] = old
 
 
+def mean_ci95(values: list[float]) -> list[float]:
+    """Student-t 95 % interval of the mean over random-K seeds: mean ± t_{0.975, n−1}·sd/√n."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return [math.nan, math.nan]
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
 def share_curves(model, scores: list[torch.Tensor] | None, fractions: list[float], loss_fn, rho: float,
                  random_seeds: int = 3) -> dict:
-    """For each fraction: first-order and measured shares of Top-K, Bottom-K (need ``scores``),
-    Random-K (mean/min/max over seeds) and the gradient oracle (the first-order-best K neurons).
+    """For each fraction: first-order (‖g_S‖/‖g‖), energy (‖g_S‖²/‖g‖²) and measured shares of
+    Top-K, Bottom-K (need ``scores``), Random-K (mean, min/max and a t-interval over seeds) and
+    the gradient oracle (the first-order-best K neurons).
 
     Needs the loss gradient in ``.grad`` of every down-projection; ``loss_fn()`` evaluates L(θ).
     """
@@ -261,10 +279,13 @@ def share_curves(model, scores: list[torch.Tensor] | None, fractions: list[float
     everything = [torch.arange(n) for n in sizes]
     full_gain = perturbed_loss(model, grads, everything, rho, loss_fn) - base
 
-    def measure(chosen: list[torch.Tensor]) -> tuple[float, float]:
+    names = ("first_order", "energy", "measured")
+
+    def measure(chosen: list[torch.Tensor]) -> tuple[float, float, float]:
         flat = torch.cat([torch.zeros(n, dtype=torch.bool).index_fill_(0, i, True) for n, i in zip(sizes, chosen)])
         gain = perturbed_loss(model, grads, chosen, rho, loss_fn) - base
-        return first_order_share(sq, flat), gain / full_gain if full_gain != 0 else math.nan
+        share = first_order_share(sq, flat)
+        return share, share * share, gain / full_gain if full_gain != 0 else math.nan
 
     rows = []
     oracle_scores = list(sq.split(sizes))
@@ -274,12 +295,12 @@ def share_curves(model, scores: list[torch.Tensor] | None, fractions: list[float
         if scores is not None:
             kinds |= {"top": select_neurons(scores, fraction, "top"), "bottom": select_neurons(scores, fraction, "bottom")}
         for kind, chosen in kinds.items():
-            row[f"{kind}_first_order"], row[f"{kind}_measured"] = measure(chosen)
+            row |= dict(zip((f"{kind}_{name}" for name in names), measure(chosen)))
         randoms = [measure(select_neurons(oracle_scores, fraction, "random", seed)) for seed in range(random_seeds)]
-        for j, name in enumerate(("first_order", "measured")):
+        for j, name in enumerate(names):
             values = [r[j] for r in randoms]
             row |= {f"random_{name}": sum(values) / len(values), f"random_{name}_min": min(values),
-                    f"random_{name}_max": max(values)}
+                    f"random_{name}_max": max(values), f"random_{name}_ci95": mean_ci95(values)}
         rows.append(row)
     return {"rho": rho, "loss": base, "loss_gain_all_neurons": full_gain,
             "first_order_gain_all_neurons": rho * sq.sum().sqrt().item(), "total_neurons": int(sq.numel()),
