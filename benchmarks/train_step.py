@@ -3,6 +3,9 @@ same process; and the cost of robalign's ShaPO step (k = 1 and k = 5) relative t
 
     python benchmarks/train_step.py --json            # micro model (~9M params), batch 8
     python benchmarks/train_step.py --size nano --steps 10
+    python benchmarks/train_step.py --json --model smollm2-135m-instruct --batch 4 --max-length 256 \
+        --data ../shared/data/pku_saferlhf_dpo/pku_seferlhf_realign_dpo_5k.json --steps 4 --warmup 1 \
+        --rounds 3 --epochs 3 --no-shapo --peak-rss     # the real model (robalign models pull ...)
 
 TRL is configured fairly for a CPU: fp32 (its DPOConfig defaults to bf16), no gradient
 checkpointing (also on by default), no evaluation or saving, its default reference handling
@@ -38,10 +41,14 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 
-def bench_pairs(n: int, seed: int = 0):
-    """Synthetic pairs lengthened to ~128 tokens (two prompts, two-sentence responses)."""
-    from robalign.data.preference import PreferencePair
+def bench_pairs(n: int, seed: int = 0, data: str | None = None):
+    """Synthetic pairs lengthened to ~128 tokens (two prompts, two-sentence responses), or the
+    first ``n`` pairs of a data file (real PKU pairs fill a 256-token window)."""
+    from robalign.data.preference import PreferencePair, load_pairs
     from robalign.data.synthetic import synthetic_pairs
+
+    if data:
+        return load_pairs(data, limit=n)
 
     base = synthetic_pairs(2 * n, seed=seed)
     return [PreferencePair(id=f"b{i}", prompt=a.prompt + " " + b.prompt, chosen=a.chosen + " " + b.chosen,
@@ -140,13 +147,14 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "q1": q1, "q3": q3, "max": max(values)}
 
 
-def round_ratios(ours: list[dict], trl: list[dict], batch: int) -> dict[str, list[float]]:
+def round_ratios(ours: list[dict], trl: list[dict], batch: int, epochs: int = 1) -> dict[str, list[float]]:
     """Per alternating round, robalign's median step over TRL's, without and with the one-off
-    reference pass spread over one epoch of the benchmark pairs (later epochs reuse it)."""
+    reference pass spread over ``epochs`` epochs of the benchmark pairs (later epochs reuse it)."""
     plain, with_ref = [], []
     for o, t in zip(ours, trl):
         plain.append(o["median_s"] / t["median_s"])
-        with_ref.append((o["median_s"] + o["reference_precompute_s"] * batch / o["reference_pairs"]) / t["median_s"])
+        per_step = o["reference_precompute_s"] * batch / (o["reference_pairs"] * epochs)
+        with_ref.append((o["median_s"] + per_step) / t["median_s"])
     return {"robalign_over_trl": plain, "robalign_incl_reference_over_trl": with_ref}
 
 
@@ -190,15 +198,35 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7,
                         help="alternating robalign/TRL rounds, and ShaPO k = 5 cycles; each gives one ratio")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    parser.add_argument("--model", default=None,
+                        help="a model directory or packaged name (e.g. smollm2-135m-instruct) instead of a tiny one")
+    parser.add_argument("--data", default=None, help="preference pairs file instead of synthetic pairs")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs the reference pass is amortised over")
+    parser.add_argument("--no-shapo", action="store_true", help="skip the ShaPO timings")
+    parser.add_argument("--peak-rss", action="store_true",
+                        help="also run one robalign round in a child process and report its peak RSS")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.manual_seed(0)
+    from robalign.models.loading import resolve_model_path
     from robalign.models.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", size=args.size, arch="llama")
-        n_params = json.loads((model_dir / "robalign_tiny.json").read_text())["parameters"]
-        pairs = bench_pairs(args.batch * (args.steps + args.warmup))
+        if args.model:
+            model_dir = Path(resolve_model_path(args.model))
+            n_params = None
+        else:
+            model_dir = build_tiny_model(Path(tmp) / "model", size=args.size, arch="llama")
+            n_params = json.loads((model_dir / "robalign_tiny.json").read_text())["parameters"]
+        pairs = bench_pairs(args.batch * (args.steps + args.warmup), data=args.data)
         timing = (model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length)
+        if args.rss_child:  # one robalign round, for the parent's peak-RSS reading
+            time_robalign(*timing)
+            return
+        if n_params is None:
+            from robalign.models.loading import load_causal_lm
+
+            n_params = sum(p.numel() for p in load_causal_lm(str(model_dir)).parameters())
         ours_rounds, trl_rounds = [], []
         for r in range(args.rounds):  # who goes first alternates, so a slow spell hits both sides alike
             for side in (("robalign", "trl") if r % 2 == 0 else ("trl", "robalign")):
@@ -207,13 +235,27 @@ def main() -> None:
                 else:
                     with contextlib.suppress(ImportError):
                         trl_rounds.append(time_trl(*timing))
-        shapo = time_shapo(model_dir, pairs, args.batch, args.rounds, args.warmup, args.max_length)
-    ratios = round_ratios(ours_rounds, trl_rounds, args.batch) if trl_rounds else {}
-    ratios |= {k: shapo.pop(k) for k in ("shapo_k1_over_dpo", "shapo_k5_over_dpo")}
+        shapo = {} if args.no_shapo else time_shapo(model_dir, pairs, args.batch, args.rounds, args.warmup,
+                                                        args.max_length)
+    ratios = round_ratios(ours_rounds, trl_rounds, args.batch, args.epochs) if trl_rounds else {}
+    ratios |= {k: shapo.pop(k) for k in ("shapo_k1_over_dpo", "shapo_k5_over_dpo") if k in shapo}
     goals = {"robalign_over_trl": 0.8, "shapo_k1_over_dpo": 2.0, "shapo_k5_over_dpo": 1.25}
     summary = {name: spread(values) for name, values in ratios.items()}
-    print(json.dumps(report(args, n_params, ours_rounds, trl_rounds, shapo, summary, goals),
-                     indent=None if args.json else 2))
+    result = report(args, n_params, ours_rounds, trl_rounds, shapo, summary, goals)
+    if args.peak_rss:
+        result["robalign_dpo_peak_rss_gb"] = child_peak_rss_gb()
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+def child_peak_rss_gb() -> float:
+    """Peak resident memory of a child process running one robalign round of this benchmark
+    (model, reference pass, optimizer state, steps): ru_maxrss of the waited-for children, in GB."""
+    import resource
+    import subprocess
+
+    argv = [a for a in sys.argv[1:] if a not in ("--peak-rss", "--json")]
+    subprocess.run([sys.executable, __file__, *argv, "--rss-child"], check=True, stdout=subprocess.DEVNULL)
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 2)  # KiB on Linux
 
 
 def report(args, n_params: int, ours: list[dict], trl: list[dict], shapo: dict, summary: dict, goals: dict) -> dict:
@@ -223,7 +265,8 @@ def report(args, n_params: int, ours: list[dict], trl: list[dict], shapo: dict, 
 
     median = {name: s["median"] for name, s in summary.items()}
     return {
-        "benchmark": "train_step", "model": f"tiny llama {args.size}", "parameters": n_params,
+        "benchmark": "train_step", "model": args.model or f"tiny llama {args.size}", "parameters": n_params,
+        "data": args.data or "synthetic", "reference_amortised_over_epochs": args.epochs,
         "batch_pairs": args.batch, "max_length": args.max_length,
         "mean_tokens_per_sequence": round(statistics.mean(o["mean_tokens_per_sequence"] for o in ours), 1),
         "threads": torch.get_num_threads(), "device": "cpu", "steps_timed": args.steps, "rounds": args.rounds,
