@@ -46,7 +46,7 @@ def test_one_noisy_round_cannot_flip_the_verdict(bench):
     # with the one-off reference pass spread over the epoch: 0.62 + 0.4·8/80 = 0.66
     assert statistics.median(ratios["robalign_incl_reference_over_trl"]) == pytest.approx(0.66)
     summary = {name: bench.spread(values) for name, values in ratios.items()}
-    args = argparse.Namespace(size="micro", batch=8, max_length=160, steps=8, rounds=7)
+    args = argparse.Namespace(size="micro", batch=8, max_length=160, steps=8, rounds=7, model=None, data=None, epochs=1)
     out = bench.report(args, 9_000_000, ours, trl, {"shapo_mask_share": 0.0031}, summary,
                        {"robalign_over_trl": 0.8})
     assert out["robalign_over_trl"] == 0.62 and out["goal_met"] == {"robalign_over_trl": True}
