@@ -4,6 +4,7 @@ cost of a fully cached re-run. One process, one tiny model built offline here.
     python benchmarks/generation.py --json                 # nano model (~0.8M params), 64 prompts
     python benchmarks/generation.py --size micro --prompts 32
     python benchmarks/generation.py --json --threads 1     # one intra-op thread for both loops
+    python benchmarks/generation.py --json --model smollm2-135m-instruct --prompts 32 --batch-size 16
 
 Both timed runs generate the same greedy completions of the same prompts (64 new tokens,
 no early stop needed: throughput is completion tokens per second, so rows that hit eos
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for both timed loops (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--model", default=None,
+                        help="a model directory or packaged name (e.g. smollm2-135m-instruct) instead of a tiny one")
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 (weights for generation)")
     args = parser.parse_args()
 
     import torch
@@ -55,8 +59,8 @@ def main() -> None:
     from robalign.models.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", size=args.size)
-        backend = HFBackend(str(model_dir), batch_size=args.batch_size, threads=args.threads)
+        model = args.model or str(build_tiny_model(Path(tmp) / "model", size=args.size))
+        backend = HFBackend(model, batch_size=args.batch_size, threads=args.threads, dtype=args.dtype)
         requests = [GenerationRequest([{"role": "user", "content": p}], max_new_tokens=args.max_new_tokens)
                     for p in bench_prompts(args.prompts)]
         backend.generate(requests[:2])  # warm-up: weights loaded, kernels initialised
@@ -80,7 +84,7 @@ def main() -> None:
     seq_tokens = sum(r.completion_tokens for r in sequential)
     batch_tokens = sum(r.completion_tokens for r in batched)
     result = {
-        "model": f"tiny llama {args.size} (built offline, random weights)",
+        "model": args.model or f"tiny llama {args.size} (built offline, random weights)", "dtype": args.dtype,
         "prompts": args.prompts, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "torch_threads": args.threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),  # other processes on the machine skew both loops
