@@ -37,7 +37,7 @@ def first_batch(nano_llama):
 def test_loss_is_ln2_when_policy_is_the_reference(first_batch):
     model, batch, reference = first_batch
     loss = initial_dpo_loss(model, batch, reference, beta=0.1)
-    assert loss == pytest.approx(math.log(2), abs=1e-5)
+    assert loss.mean == pytest.approx(math.log(2), abs=1e-5) and loss.deviation < 1e-5
     check_initial_loss(loss, "fp32")
 
 
@@ -46,9 +46,21 @@ def test_a_shifted_reference_is_caught(first_batch):
     # a reference computed on other tokens: chosen log-probs 2 nats higher -> h = -2 for every pair
     stale = ({k: v + 2.0 for k, v in chosen.items()}, rejected)
     loss = initial_dpo_loss(model, batch, stale, beta=0.1)
-    assert loss == pytest.approx(-math.log(1 / (1 + math.exp(0.2))), abs=1e-4)  # -log σ(-0.2) = 0.798
+    assert loss.mean == pytest.approx(-math.log(1 / (1 + math.exp(0.2))), abs=1e-4)  # -log σ(-0.2) = 0.798
     with pytest.raises(UserError, match="not ln 2.*does not start as the reference"):
         check_initial_loss(loss, "fp32")
+
+
+def test_mismatches_of_both_signs_do_not_cancel(first_batch):
+    model, batch, (chosen, rejected) = first_batch
+    # half the pairs 2 nats too high, half 2 nats too low: the mean loss is ln 2 + O(u²) = 0.698,
+    # within 5e-3 of ln 2, but every pair is off by ~0.1
+    ids = sorted(chosen)
+    shifted = ({k: v + (2.0 if ids.index(k) % 2 else -2.0) for k, v in chosen.items()}, rejected)
+    loss = initial_dpo_loss(model, batch, shifted, beta=0.1)
+    assert abs(loss.mean - math.log(2)) < 6e-3 and loss.deviation > 0.09
+    with pytest.raises(UserError, match="deviate by 0.1"):
+        check_initial_loss(loss, "bf16")
 
 
 def _config(tmp_path, model_dir, *overrides):
@@ -67,7 +79,7 @@ def test_trainer_logs_the_pair_checks_ln2_and_scores_only_scheduled_pairs(tmp_pa
 
     result = train(_config(tmp_path, nano_llama))
     info = json.loads((result.output_dir / "run_info.json").read_text())
-    assert info["initial_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert info["initial_dpo_loss"]["mean"] == pytest.approx(math.log(2), abs=1e-5)
     assert info["reference_pairs"] == 8 < info["train_pairs"]  # 2 steps x 4 pairs, not all 180
     assert "<|assistant|>" in (result.output_dir / "example_pair.txt").read_text()
 

@@ -40,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(_module=module)
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting a positional list at the first flag, so `train --config X --overwrite
+    # a.b=1` would leave a.b=1 over: dotted overrides may come anywhere on the line
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from robalign.errors import UserError
 
     try:

@@ -194,7 +194,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
 
     record = {"status": "running", "model_fingerprint": fingerprint, "world_size": world,
               "total_steps": total_steps, "global_batch": global_batch, **data_info,
-              "reference_pairs": len(scheduled), "initial_dpo_loss": initial_loss,
+              "reference_pairs": len(scheduled),
+              "initial_dpo_loss": initial_loss._asdict() if initial_loss is not None else None,
               "shapo_mask": shapo_mask.summary() if shapo_mask else None,
               "reference_cache": {"train": str(ref_train.cache_file), "train_hit": ref_train.cache_hit,
                                   "eval": str(ref_eval.cache_file), "eval_hit": ref_eval.cache_hit}}
