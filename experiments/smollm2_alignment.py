@@ -80,7 +80,8 @@ def main() -> int:
     args = ap.parse_args()
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
+    times_file = out / "wall_times.json"  # kept across re-runs, which skip finished steps
+    times: dict[str, float] = json.loads(times_file.read_text()) if times_file.is_file() else {}
 
     # 1. probe + subspace (probe texts: the first 400 PKU pairs; held out by prompt)
     if not (out / "probe" / "probe.json").is_file():
@@ -112,6 +113,8 @@ def main() -> int:
                 "--max-new-tokens", str(args.max_new_tokens), "-o", "batch_size=16", "-o", "dtype=bfloat16")
             robalign("judge", "run", "--judge", "keyword", "--data", str(answers), "--out", str(verdicts))
             results.setdefault(name, {})[set_name] = refusal_share(verdicts)
+
+    times_file.write_text(json.dumps(times, indent=1))
 
     # 4. summary
     train_info = {m: json.loads((out / m / "eval_results.json").read_text()) for m in ("dpo", "shapo")}
