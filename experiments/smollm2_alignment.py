@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from robalign.training.probe import wilson_interval as wilson
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -39,14 +40,6 @@ def robalign(*args: str) -> float:
     print("$ robalign", " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "robalign.cli", *args], check=True, cwd=REPO)
     return time.perf_counter() - start
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
-    if n == 0:
-        return [math.nan, math.nan]
-    p, centre = k / n, k / n + z * z / (2 * n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [(centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)]
 
 
 def prompt_sets(out: Path, n_adv: int, n_xs: int, seed: int) -> dict[str, Path]:
