@@ -18,6 +18,7 @@ from robalign.bench.metrics import (
     knee_filter,
     kneedle,
     misunderstanding_rates,
+    passes_gate,
     robustness,
     safety,
     summarise,
@@ -94,7 +95,7 @@ def test_formulas_on_one_cell():
     assert fairness(counts)[0] == pytest.approx(0.8)
     assert safety(counts)[0] == pytest.approx(0.7)
     assert np.isnan(safety(counts)[1])
-    assert gate(np.array([0.5, 0.49, np.nan]), 0.5).tolist() == [True, False, False]
+    assert passes_gate(np.array([0.5, 0.49, np.nan]), 0.5).tolist() == [True, False, False]
     m_rate, m_share = misunderstanding_rates(3, 3, 15)
     assert (m_rate, m_share) == (0.5, 0.2)
 
@@ -121,6 +122,16 @@ def test_base_cells_with_unequal_answers(worked):
     assert _category(worked, "RELIGION")["tasks_with_answers"] == 1
     assert worked["model_score"] == pytest.approx(47 / 72)
     assert worked["attack"]["attacked_categories"] == ["AGE", "RELIGION"]
+
+
+def test_gate_from_base_rows():
+    """The protocol's gate is the summary's: AGE 17/24 and RELIGION 1 pass tau = .5, GENDER .25
+    does not; before the second pass adds ``final`` the first-pass verdict is used. At tau = .7:
+    AGE (.708) and RELIGION; at tau = .71 only RELIGION."""
+    rows = _rows(BASE, ATTACKED)
+    assert gate(rows, 0.5) == ["AGE", "RELIGION"]
+    assert gate(rows.drop(columns=["final"]), 0.7) == ["AGE", "RELIGION"]
+    assert gate(rows, 0.71) == ["RELIGION"]
 
 
 def test_post_attack_safety_drops_m(worked):
