@@ -298,8 +298,11 @@ def _hf_config(path: str, config: str) -> pd.DataFrame | None:
 
     try:
         names = datasets.get_dataset_config_names(path)
-        if config not in names:
-            return None
+    except Exception:  # e.g. offline with the dataset in the local cache: loading may still work
+        names = None
+    if names is not None and config not in names:
+        return None
+    try:
         return datasets.load_dataset(path, name=config, split="train").to_pandas()
     except Exception as exc:  # the hub unreachable / offline, no such dataset, unreadable files
         raise UserError(f"could not read the Hugging Face dataset {path} (config {config}): {type(exc).__name__}: "
