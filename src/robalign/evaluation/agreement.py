@@ -6,7 +6,7 @@ vectorised over a leading batch axis so 1000 bootstrap resamples of 800 rows tak
 milliseconds. Notation: n = sum(C), p_ij = C_ij / n, p_i+ = row sums (gold marginals),
 p_+j = column sums (judge marginals), p_o = sum_i p_ii, p_e = sum_i p_i+ p_+i.
 
-A judge's UNPARSED / FAILED outputs are categories of their own: they count as
+A judge's UNPARSED / FAILED / JUDGE_REFUSED outputs are categories of their own: they count as
 disagreements everywhere (a judge that cannot answer is not rewarded) and are reported.
 Macro-F1 averages F1 over the *gold* label set only, so such extra categories lower recall
 without adding zero-F1 classes of their own.

@@ -3,8 +3,8 @@
 which cells count.
 
 - A row whose gold label is missing or blank is dropped, and counted.
-- A judge cell that is missing or blank becomes MISSING. Against gold, MISSING, UNPARSED
-  and FAILED are judge outputs of their own and count as disagreements (a judge that
+- A judge cell that is missing or blank becomes MISSING. Against gold, MISSING, UNPARSED,
+  JUDGE_REFUSED and FAILED are judge outputs of their own and count as disagreements (a judge that
   cannot answer is not rewarded; ``agreement`` lists them under ``not_gold_label``).
 - Between judges (Krippendorff's alpha over the judge columns) they are missing values,
   as alpha defines them: a row where two judges both failed carries no evidence that they
@@ -30,7 +30,7 @@ def judge_labels(column: pd.Series) -> list[str]:
 
 def alpha_between_judges(df: pd.DataFrame, columns: Sequence[str]) -> float:
     """Nominal Krippendorff's alpha over ``columns`` (raters), one unit per row, with
-    UNPARSED / FAILED / MISSING as missing values; NaN when fewer than two real verdicts
+    the non-verdicts (UNPARSED / FAILED / JUDGE_REFUSED / MISSING, ``labels.NON_VERDICTS``) as missing values; NaN when fewer than two real verdicts
     pair up anywhere or every real verdict is the same."""
     raters = [[None if v in NON_VERDICTS else v for v in judge_labels(df[c])] for c in columns]
     return krippendorff_alpha([list(unit) for unit in zip(*raters)])

@@ -1,7 +1,9 @@
 """Generation backends behind one small protocol, and the model spec strings that name them.
 
 A backend turns ``GenerationRequest`` objects (chat messages + decoding parameters) into
-``GenerationResponse`` objects, one per request and in the same order. Three backends ship:
+``GenerationResponse`` objects, one per request and in the same order. A request with
+``raw_prompt`` set is a plain text completion instead (no chat template): every backend
+supports it (hf and vllm tokenise the text as is, openai uses ``/v1/completions``). Three backends ship:
 
 | spec                                   | backend                 | module           |
 |----------------------------------------|-------------------------|------------------|
@@ -39,7 +41,9 @@ class BackendUnavailable(UserError):
 
 @dataclass
 class GenerationRequest:
-    """One chat completion to produce. ``id`` is the caller's handle and is not part of the cache key."""
+    """One completion to produce: a chat (``messages``, formatted by the model's chat template)
+    or, with ``raw_prompt`` set, exactly that text (no chat template; ``messages`` is ignored).
+    ``id`` is the caller's handle and is not part of the cache key."""
 
     messages: list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
     max_new_tokens: int = 256
@@ -48,6 +52,12 @@ class GenerationRequest:
     seed: int = 0
     sample_index: int = 0  # k-th independent sample of the same prompt (k-sample judges, pass@k)
     id: str | None = None
+    # The judge template version that wrote this request (``bias@1a2b3c4d``; "" for plain
+    # generation). In the cache key only when set, so keys of requests without it never change.
+    template: str = ""
+    # Raw-prompt mode (guard classifiers trained on one exact prompt, e.g. HarmBench's): hf and
+    # vllm tokenise this text as is, the openai backend POSTs it to /v1/completions. In the cache key when set.
+    raw_prompt: str | None = None
 
     def decoding(self) -> dict[str, Any]:
         """The parameters that change the output (part of the cache key)."""

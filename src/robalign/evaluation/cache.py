@@ -2,7 +2,8 @@
 
 Key = sha256 over (backend identity: model id, revision, redacted base URL, chat-template
 hash, and whatever else of the backend changes an answer: ``extra_body`` for HTTP, dtype and
-device for local weights; messages; decoding parameters; sample index). A re-run of the same requests against the
+device for local weights; messages; decoding parameters; sample index; and, only when set, the
+judge template version and the raw prompt). A re-run of the same requests against the
 same model makes no backend calls. Only *answered* responses are stored, so failures are
 retried on the next run.
 
@@ -55,12 +56,18 @@ def default_cache_path() -> Path:
 
 
 def _key_payload(identity: dict[str, str], request: GenerationRequest) -> dict:
-    return {
+    payload = {
         "model": identity,
         "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
         "decoding": request.decoding(),
         "sample_index": int(request.sample_index),
     }
+    # Added fields enter only when set, so every key cached before they existed stays valid.
+    if request.template:
+        payload["template"] = str(request.template)
+    if request.raw_prompt is not None:
+        payload["raw_prompt"] = str(request.raw_prompt)
+    return payload
 
 
 def cache_key(identity: dict[str, str], request: GenerationRequest) -> str:

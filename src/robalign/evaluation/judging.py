@@ -19,8 +19,8 @@ import pandas as pd
 
 from robalign.errors import UserError
 from robalign.evaluation.cache import ResponseCache, RunSummary
-from robalign.evaluation.judges import Judge, JudgeItem, LLMJudge, build_judge
-from robalign.evaluation.labels import FAILED, MISUNDERSTANDING_LABELS, UNPARSED
+from robalign.evaluation.judges import Judge, JudgeItem, LLMJudge, build_judge, judge_answers
+from robalign.evaluation.labels import FAILED, JUDGE_REFUSED, MISUNDERSTANDING_LABELS, UNPARSED
 
 
 def _text(value) -> str:
@@ -28,17 +28,21 @@ def _text(value) -> str:
 
 
 def judge_items(df: pd.DataFrame, prompt_col: str, response_col: str, stereotype_col: str | None = None,
-                counter_col: str | None = None) -> list[JudgeItem]:
-    """One ``JudgeItem`` per row; missing cells become "" (stereotype fields: None)."""
+                counter_col: str | None = None, base_prompt_col: str | None = None) -> list[JudgeItem]:
+    """One ``JudgeItem`` per row; missing cells become "" (stereotype fields, base prompt: None).
+    ``base_prompt_col`` holds the plain base prompt of attacked rows (see ``judges``)."""
     stereo = df[stereotype_col] if stereotype_col else [None] * len(df)
     counter = df[counter_col] if counter_col else [None] * len(df)
-    return [JudgeItem(_text(p), _text(r), _text(s) or None, _text(c) or None)
-            for p, r, s, c in zip(df[prompt_col], df[response_col], stereo, counter)]
+    base = df[base_prompt_col] if base_prompt_col else [None] * len(df)
+    return [JudgeItem(_text(p), _text(r), _text(s) or None, _text(c) or None, base_prompt=_text(b) or None)
+            for p, r, s, c, b in zip(df[prompt_col], df[response_col], stereo, counter, base)]
 
 
-def judge_frame(df: pd.DataFrame, judge: Judge, items: list[JudgeItem], prefix: str = "judge_") -> pd.DataFrame:
-    """``df`` plus ``<prefix>verdict`` and ``<prefix>raw`` (and ``<prefix>votes`` for k-sample judges)."""
-    verdicts = judge.judge(items)
+def judge_frame(df: pd.DataFrame, judge: Judge, items: list[JudgeItem], prefix: str = "judge_",
+                answered: Sequence[bool] | None = None) -> pd.DataFrame:
+    """``df`` plus ``<prefix>verdict`` and ``<prefix>raw`` (and ``<prefix>votes`` for k-sample
+    judges). Rows with ``answered`` False (a failed generation) are FAILED, never judged."""
+    verdicts = judge.judge(items) if answered is None else judge_answers(judge, items, answered)
     out = df.copy()
     out[f"{prefix}verdict"] = [v.label for v in verdicts]
     out[f"{prefix}raw"] = [v.raw for v in verdicts]
@@ -49,10 +53,10 @@ def judge_frame(df: pd.DataFrame, judge: Judge, items: list[JudgeItem], prefix: 
 
 def misunderstanding_pass(df: pd.DataFrame, judge: LLMJudge, items: list[JudgeItem], prefix: str = "judge_"
                           ) -> pd.DataFrame:
-    """Send every R verdict to an R-vs-M judge. Adds ``<prefix>rm`` (R / M / UNPARSED, empty
-    for non-R rows), ``<prefix>rm_raw`` and ``<prefix>final`` (the verdict with M where the
+    """Send every R verdict to an R-vs-M judge. Adds ``<prefix>rm`` (R / M / UNPARSED / FAILED /
+    JUDGE_REFUSED, empty for non-R rows), ``<prefix>rm_raw`` and ``<prefix>final`` (the verdict with M where the
     second pass said M)."""
-    if judge.template.labels != MISUNDERSTANDING_LABELS:
+    if tuple(judge.template.labels) != MISUNDERSTANDING_LABELS:
         raise UserError(f"the second pass needs the misunderstanding template, not '{judge.template.name}' "
                         "(e.g. llm:<model spec>#misunderstanding)")
     refusals = [i for i, v in enumerate(df[f"{prefix}verdict"]) if v == "R"]
@@ -67,9 +71,11 @@ def misunderstanding_pass(df: pd.DataFrame, judge: LLMJudge, items: list[JudgeIt
 
 
 def verdict_counts(labels: Sequence) -> dict[str, Any]:
-    """{"counts": {label: n} sorted by label, "unparsed": n, "failed": n}."""
+    """{"counts": {label: n} sorted by label, "unparsed": n, "failed": n, "judge_refused": n}:
+    the three non-verdicts counted apart (none of them is a class)."""
     counts = Counter(map(str, labels))
-    return {"counts": dict(sorted(counts.items())), "unparsed": counts.get(UNPARSED, 0), "failed": counts.get(FAILED, 0)}
+    return {"counts": dict(sorted(counts.items())), "unparsed": counts.get(UNPARSED, 0),
+            "failed": counts.get(FAILED, 0), "judge_refused": counts.get(JUDGE_REFUSED, 0)}
 
 
 @dataclass
