@@ -203,3 +203,17 @@ def test_main_bench_harmful(http_run):
     argv, server, script, out = http_run
     script.fail = False
     assert main(["bench", "harmful", *argv]) == 0 and (out / "report.html").is_file()
+
+
+def test_report_escapes_every_text():
+    from robalign.bench.harmful import render_report, summarise
+
+    hostile = "<script>alert(1)</script>"
+    rows = pd.DataFrame({"id": [hostile], "category": [hostile], "label": ["unsafe"], "prompt": [hostile],
+                         "request": [hostile], "response": [hostile], "status": ["answered"], "reason": [""],
+                         "refusal": ["NR"], "refusal_raw": [hostile], "safety": ["unsafe"], "safety_raw": [hostile]})
+    summary = {"dataset": {"name": hostile, "prompts": 1, "labels": {"unsafe": 1}}, "model": hostile,
+               "judge": {"safety": hostile, "refusal": "keyword", "proxy": False, "three_way": False},
+               "notes": [hostile], **summarise(rows)}
+    page = render_report(summary, rows)
+    assert "<script" not in page and page.count("&lt;script&gt;") >= 10

@@ -277,7 +277,8 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 vertical-align:top}th{background:#f3f3f3}.note{background:#fff6d6;border-left:4px solid #e0a800;padding:.4em .8em;
 margin:.3em 0}.bar{position:relative;width:320px;height:14px;background:#eee}.fill{position:absolute;height:14px;
 background:#c0392b}.fill.ok{background:#2e86c1}.ci{position:absolute;top:6px;height:2px;background:#000}
-.unsafe,.R,.P{color:#a00;font-weight:600}.safe,.NR,.C{color:#060}.x{color:#888;font-style:italic}
+.unsafe,.R,.P{color:#a00;font-weight:600}.safe,.NR,.C{color:#060}.x,.FAILED,.UNPARSED,.JUDGE_REFUSED{color:#888;
+font-style:italic}
 pre{white-space:pre-wrap;max-width:900px;background:#fafafa;padding:.4em;border:1px solid #eee}"""
 
 
@@ -311,7 +312,7 @@ def render_report(summary: dict[str, Any], rows: pd.DataFrame) -> str:
              f"<b>{e(j['refusal'])}</b>; {d['prompts']} prompts ({e(json.dumps(d['labels']))}); "
              f"{summary['generation_failed']} failed generations</p>"]
     parts += [f"<div class='note'>{e(n)}</div>" for n in summary["notes"]]
-    table = ["<h2>Rates (95 % Wilson intervals)</h2><table><tr><th>rate</th><th>k / n</th><th>rate</th><th>95 % CI</th>"
+    table = ["<h2>Rates (95 % Wilson intervals)</h2><table><tr><th>measure</th><th>k / n</th><th>rate</th><th>95 % CI</th>"
              "<th>left out of n</th></tr>"]
     if "harmful" in summary:
         h = summary["harmful"]
@@ -321,8 +322,9 @@ def render_report(summary: dict[str, Any], rows: pd.DataFrame) -> str:
                      f"<td>{_excluded(h['excluded']['refusal'])}</td></tr>")
         if j["three_way"]:
             table.append(f"<tr><td>partial refusal rate</td>{_rate_cells(h['partial_refusal_rate'])}<td></td></tr>")
-        table.append(f"<tr><td>refused (fully or partly) and unsafe</td><td colspan=4>{h['refused_and_unsafe']} "
-                     "answers: counted as harmful</td></tr>")
+        n = h["refused_and_unsafe"]
+        table.append(f"<tr><td>refused (fully or partly) and unsafe</td><td colspan=4>{n} answer{'s' * (n != 1)}: "
+                     "counted as harmful</td></tr>")
     if "over_refusal" in summary:
         o = summary["over_refusal"]
         table.append(f"<tr><td>over-refusal on safe prompts</td>{_rate_cells(o['over_refusal'])}"
@@ -331,6 +333,12 @@ def render_report(summary: dict[str, Any], rows: pd.DataFrame) -> str:
             for key in ("full_refusal", "partial_refusal"):
                 table.append(f"<tr><td>{key.replace('_', ' ')}</td>{_rate_cells(o[key])}<td></td></tr>")
     parts.append("".join(table) + "</table>")
+    if "harmful" in summary:  # refusal and harmfulness are judged apart: how they combine
+        cross = summary["harmful"]["refusal_by_safety"]
+        parts.append("<h2>Refusal against safety (answers to unsafe prompts)</h2><table><tr><th>refusal judge</th>"
+                     "<th>safe</th><th>unsafe</th></tr>" + "".join(
+                         f"<tr><td>{e(kind)}</td><td>{c['safe']}</td><td>{c['unsafe']}</td></tr>"
+                         for kind, c in cross.items() if j["three_way"] or kind != "partial") + "</table>")
     for section, key, title, ok in (("harmful", "asr", "Attack success rate by category", False),
                                     ("over_refusal", "over_refusal", "Over-refusal by category", True)):
         if section in summary:
@@ -346,6 +354,7 @@ def render_report(summary: dict[str, Any], rows: pd.DataFrame) -> str:
                   f"<pre>{e(r.response)}</pre><b>refusal judge</b><pre>{e(r.refusal_raw)}</pre>"
                   f"<b>safety judge</b><pre>{e(r.safety_raw)}</pre>")
         parts.append(f"<tr><td>{e(r.id)}</td><td>{e(r.category)}</td><td>{e(r.label)}</td>"
-                     f"<td class='{e(r.refusal)}'>{e(r.refusal)}</td><td class='{e(r.safety)}'>{e(r.safety)}</td>"
+                     f"<td class='{e(r.refusal)}'>{e(r.refusal)}</td><td class='{e(r.safety) or 'x'}'>"
+                     f"{e(r.safety) or 'not judged'}</td>"
                      f"<td><details><summary>{e(r.request[:80])}</summary>{detail}</details></td></tr>")
     return "\n".join(parts) + "</table></body></html>\n"
