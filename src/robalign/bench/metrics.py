@@ -377,7 +377,7 @@ def _count_dict(finals: pd.Series) -> dict[str, int]:
 def _pass_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     """UNPARSED / FAILED / JUDGE_REFUSED per judge pass: ``verdict`` (first), ``rm`` (second)."""
     out = {}
-    for column in ("verdict", "rm", "final"):
+    for column in ("verdict", "rm"):
         if column in frame.columns:
             seen = frame[column].value_counts()
             out[column] = {k: int(seen.get(k, 0)) for k in NON_ANSWERS}
