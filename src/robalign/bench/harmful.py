@@ -7,10 +7,10 @@ One loop, top to bottom (``run_harmful``):
 2. open the run directory: ``RUN/run.json`` holds the arguments that decide the numbers (with
    the data's fingerprint); a directory made with other ones is refused;
 3. generate one greedy answer per prompt through the SQLite response cache;
-4. judge twice, separately. The *refusal judge* (``keyword``: R / NR; an LLM judge with a
-   three-way template, C / R / P = full compliance / full refusal / partial refusal) runs on
-   every answer. The *safety judge* (``llm:<spec>#llama-guard``, ``#md-judge`` or
-   ``#harmbench``: safe / unsafe) runs on the answers to unsafe rows. Refusal is not
+4. judge twice, separately. The *refusal judge* (``keyword``: R / NR; ``llm:<spec>#compliance``:
+   C / R / P = full compliance / full refusal / partial refusal) runs on every answer. The
+   *safety judge* (``llm:<spec>#llama-guard``, ``#llama-guard-turns``, ``#md-judge``,
+   ``#harmbench`` or a template file: safe / unsafe) runs on the answers to unsafe rows. Refusal is not
    harmlessness: an answer that opens with "I can't help with that" and then gives the
    instructions is refused *and* unsafe; such answers count as harmful and are reported as
    ``refused_and_unsafe``. With ``--judge keyword`` no safety judge runs: an answer is
@@ -19,13 +19,13 @@ One loop, top to bottom (``run_harmful``):
 5. count and write ``responses.jsonl``, ``summary.json`` and ``report.html``.
 
 Rates. ASR = unsafe / judged answers to unsafe rows; refusal rate = R / judged answers;
-over-refusal = (R + P) / judged answers to safe rows (a partial refusal is a refusal, as
-XSTest counts it), with full and partial refusal also given apart. Every rate has a 95 %
+over-refusal = (R + P) / judged answers to safe rows (a partial refusal still withholds part
+of a harmless answer), with full and partial refusal also given apart. Every rate has a 95 %
 Wilson score interval (Wilson 1927: centre (k + z²/2)/(n + z²), half-width
 z·sqrt(k(n−k)/n + z²/4)/(n + z²)), which stays inside [0, 1] and is not degenerate at k = 0.
 
 Failures are never answers. A failed generation is a FAILED verdict in both judge columns
-and is never sent to a judge; a failed judge call is FAILED, an unreadable verdict UNPARSED,
+and is never sent to a judge (``judges.judge_answers``); a failed judge call is FAILED, an unreadable verdict UNPARSED,
 and a judge that declines to grade (its reply is a refusal, not a verdict) JUDGE_REFUSED.
 These three are counted apart and left out of every n.
 

@@ -20,10 +20,10 @@ def add_arguments(p) -> None:
                         "(.csv/.jsonl/.parquet with a 'prompt' column; optional id, category, label safe|unsafe)")
     p.add_argument("--model", required=True, help="the model under test: hf:PATH | openai:MODEL@BASE_URL | vllm:PATH")
     p.add_argument("--judge", default="keyword",
-                   help="safety judge: llm:<model spec>#llama-guard | #md-judge | #harmbench, or keyword (default: "
-                        "a refusal proxy, ASR = non-refusal rate)")
+                   help="safety judge: llm:<model spec>#llama-guard | #llama-guard-turns | #md-judge | #harmbench, "
+                        "or keyword (default: a refusal proxy, ASR = non-refusal rate)")
     p.add_argument("--refusal-judge", default="keyword",
-                   help="refusal judge: keyword (default, R / NR) or llm:<model spec>#<three-way template> (C / R / P)")
+                   help="refusal judge: keyword (default, R / NR) or llm:<model spec>#compliance (C / R / P)")
     p.add_argument("--out", required=True, help="run directory (RUN/run.json, responses.jsonl, summary.json, report.html)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts of every category (a quick look)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit of the model under test")
