@@ -22,8 +22,10 @@ def test_chat_models_and_stats_routes(serve):
         assert reply["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
         assert client.get("/models").json()["data"][0]["id"] == "local-model"
         assert client.post("/chat/completions", json={"messages": "oops"}).status_code == 400
-        assert client.post("/completions", json=BODY).status_code == 404
-    assert httpx.get(server.base_url.replace("/v1", "/stats")).json()["chat"] == 2
+        assert client.post("/completions", json=BODY).status_code == 400  # a chat body has no prompt
+        assert client.post("/embeddings", json=BODY).status_code == 404
+    stats = httpx.get(server.base_url.replace("/v1", "/stats")).json()
+    assert stats["chat"] == 2 and stats["completions"] == 1
 
 
 def test_scripted_responder_forms():

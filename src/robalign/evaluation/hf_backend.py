@@ -1,5 +1,8 @@
 """Hugging Face transformers backend: batched chat generation with left padding.
 
+A chat request is rendered by the model's chat template; a raw-prompt request
+(``GenerationRequest.raw_prompt``) is tokenised exactly as written (``raw_prompt_token_ids``).
+
 Requests with equal decoding parameters are generated together, longest prompts first
 (similar lengths share a batch, so little compute goes to padding). Left padding keeps
 every prompt's last token at the same position, which batched decoder-only generation
@@ -98,6 +101,17 @@ def prompt_token_ids(tokenizer, messages: list[dict[str, str]], prompt_format: s
     return list(tokenizer(rendered.text, add_special_tokens=not rendered.templated)["input_ids"])
 
 
+def raw_prompt_token_ids(tokenizer, text: str) -> list[int]:
+    """A raw prompt (``GenerationRequest.raw_prompt``) as token ids: exactly ``text``, no chat
+    template, with the tokenizer's own special tokens added (``add_special_tokens=True``: the BOS
+    of Llama-style tokenizers), as ``tokenizer(text)`` and vLLM's text prompts give them, which
+    is how guard classifiers' reference scripts feed their prompts. One exception: a text that
+    already starts with the BOS token written out gets no second one."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (isinstance(bos, str) and bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
 class RowSampler:
     """Logits processor that samples each row with its own generator (temperature + top-p),
     then masks every other token so the surrounding greedy search keeps the sample."""
@@ -164,55 +178,73 @@ class HFBackend:
     def render(self, messages: list[dict[str, str]]) -> str:
         return render_chat(self._load_tokenizer(), messages)
 
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The token ids fed to the model: the raw prompt as is, or the chat rendered by its
+        template (the template writes its own special tokens, so none are added on top)."""
+        tok = self._load_tokenizer()
+        if request.raw_prompt is not None:
+            return raw_prompt_token_ids(tok, request.raw_prompt)
+        return list(tok(self.render(request.messages), add_special_tokens=False)["input_ids"])
+
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None
                  ) -> list[GenerationResponse]:
         if not requests:
             return []
         with self._lock, _torch_threads(self.threads):
             results: list[GenerationResponse | None] = [None] * len(requests)
-            prompts = [self.render(r.messages) for r in requests]
-            for i, reason in self._too_long(requests, prompts).items():
+            ids = [self.prompt_ids(r) for r in requests]
+            for i, reason in self._unusable(requests, ids).items():
                 results[i] = GenerationResponse(status=STATUS_FAILED, reason=reason, attempts=0)
                 if on_response:
                     on_response(i, results[i])
             todo = [i for i in range(len(requests)) if results[i] is None]
-            for sub in self._batches([requests[i] for i in todo], [prompts[i] for i in todo]):
+            for sub in self._batches([requests[i] for i in todo], [ids[i] for i in todo]):
                 batch = [todo[j] for j in sub]
                 for i, response in zip(batch, self._generate_batch([requests[i] for i in batch],
-                                                                   [prompts[i] for i in batch])):
+                                                                   [ids[i] for i in batch])):
                     results[i] = response
                     if on_response:
                         on_response(i, response)
             return results  # type: ignore[return-value]
 
-    def _too_long(self, requests: Sequence[GenerationRequest], prompts: list[str]) -> dict[int, str]:
-        """Requests whose prompt + max_new_tokens exceed the model's context: failed with a
-        reason rather than silently truncated (cutting a judge prompt drops its instructions)."""
-        model, tok = self._load()
+    def _unusable(self, requests: Sequence[GenerationRequest], ids: list[list[int]]) -> dict[int, str]:
+        """Requests that cannot run, failed with a reason: an empty prompt, or one whose prompt +
+        max_new_tokens exceed the model's context (never silently truncated: cutting a judge
+        prompt drops its instructions)."""
+        model, _ = self._load()
         context = getattr(model.config, "max_position_embeddings", None)
-        if not context:
-            return {}
-        lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
-        return {i: f"prompt too long: {n} tokens + max_new_tokens {r.max_new_tokens} > context {context}"
-                for i, (n, r) in enumerate(zip(lengths, requests)) if n + r.max_new_tokens > context}
+        out = {}
+        for i, (x, r) in enumerate(zip(ids, requests)):
+            if not x:
+                out[i] = "empty prompt: no tokens to generate from"
+            elif context and len(x) + r.max_new_tokens > context:
+                out[i] = f"prompt too long: {len(x)} tokens + max_new_tokens {r.max_new_tokens} > context {context}"
+        return out
 
-    def _batches(self, requests: Sequence[GenerationRequest], prompts: list[str]) -> list[list[int]]:
+    def _batches(self, requests: Sequence[GenerationRequest], ids: list[list[int]]) -> list[list[int]]:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault((r.max_new_tokens, r.temperature, r.top_p), []).append(i)
         batches = []
         for members in groups.values():
-            members.sort(key=lambda i: -len(prompts[i]))  # characters: a cheap proxy for tokens
+            members.sort(key=lambda i: -len(ids[i]))  # similar lengths share a batch: little padding
             batches += [members[s : s + self.batch_size] for s in range(0, len(members), self.batch_size)]
         return batches
 
-    def _generate_batch(self, requests: list[GenerationRequest], prompts: list[str]) -> list[GenerationResponse]:
+    def _generate_batch(self, requests: list[GenerationRequest], ids: list[list[int]]) -> list[GenerationResponse]:
         import torch
 
         model, tok = self._load()
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):  # left padding: every prompt ends at the last column
+            input_ids[row, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            attention[row, width - len(x):] = 1
+        enc = {"input_ids": input_ids.to(self.device), "attention_mask": attention.to(self.device)}
         first = requests[0]
-        kwargs = dict(max_new_tokens=first.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+        kwargs = dict(max_new_tokens=first.max_new_tokens, do_sample=False, pad_token_id=pad,
                       eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None)
         if first.temperature > 0:
             from transformers import LogitsProcessorList
@@ -222,7 +254,7 @@ class HFBackend:
             kwargs["logits_processor"] = LogitsProcessorList([RowSampler(gens, first.temperature, first.top_p)])
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = out[:, width:]
         responses = []
         for row, mask in zip(new, enc["attention_mask"]):
             ends = (row == tok.eos_token_id).nonzero()

@@ -1,5 +1,9 @@
 """OpenAI-compatible chat-completions backend (vLLM server, Ollama, DeepSeek, OpenAI, ...).
 
+Chat requests go to ``/chat/completions``; a raw-prompt request (``GenerationRequest.raw_prompt``)
+goes to ``/completions`` with ``prompt`` (the completions API: the server applies no chat
+template) and its answer is read from ``choices[0].text``.
+
 Async httpx with at most ``concurrency`` requests in flight. A request is retried on
 HTTP 408/429/5xx, timeouts, connection errors (until the circuit breaker below opens) and
 malformed JSON, with exponential backoff and jitter: sleep ~ U[d/2, d],
@@ -222,10 +226,15 @@ class OpenAIBackend:
         return results  # type: ignore[return-value]
 
     def _body(self, request: GenerationRequest) -> dict:
+        if request.raw_prompt is not None:  # the completions API: text in, text out, no chat template
+            # (max_completion_tokens exists only in the chat API)
+            head = {"model": self.model, "prompt": request.raw_prompt, "max_tokens": int(request.max_new_tokens)}
+        else:
+            head = {"model": self.model,
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
+                    self.max_tokens_field: int(request.max_new_tokens)}
         return {
-            "model": self.model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
-            self.max_tokens_field: int(request.max_new_tokens),
+            **head,
             "temperature": float(request.temperature),
             "top_p": float(request.top_p),
             # distinct samples of one prompt need distinct seeds where the server honours seeds
@@ -243,11 +252,12 @@ class OpenAIBackend:
         return max(wait, min(retry_after, self.backoff_max))
 
     async def _with_retries(self, client, request: GenerationRequest, breaker: CircuitBreaker) -> GenerationResponse:
-        body, url = self._body(request), self.endpoint()
+        raw = request.raw_prompt is not None
+        body, url = self._body(request), self.endpoint("completions" if raw else "chat/completions")
         for n in range(self.max_retries + 1):
             if breaker.is_open:
                 return GenerationResponse(status=STATUS_FAILED, reason=breaker.reason, attempts=n)
-            attempt = await self._attempt(client, url, body)
+            attempt = await self._attempt(client, url, body, raw)
             breaker.record(attempt)
             if attempt.response is not None:
                 attempt.response.attempts = n + 1
@@ -260,7 +270,7 @@ class OpenAIBackend:
             await breaker.pause(self.backoff(n, attempt.retry_after))
         raise AssertionError("the loop returns on its last attempt")
 
-    async def _attempt(self, client, url: str, body: dict) -> _Attempt:
+    async def _attempt(self, client, url: str, body: dict, raw: bool = False) -> _Attempt:
         import httpx
 
         try:
@@ -279,13 +289,13 @@ class OpenAIBackend:
                 detail = f" (check the API key in ${self.api_key_env})"
             return _Attempt(reason=f"http {reply.status_code}{detail}", retryable=reply.status_code in RETRY_STATUSES,
                             retry_after=_seconds(reply.headers.get("retry-after")))
-        return self._parse(reply)
+        return self._parse(reply, raw)
 
-    def _parse(self, reply) -> _Attempt:
+    def _parse(self, reply, raw: bool = False) -> _Attempt:
         try:
             data = reply.json()
             choice = data["choices"][0]
-            text = choice["message"]["content"]
+            text = choice["text"] if raw else choice["message"]["content"]
             usage = data.get("usage") or {}
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)

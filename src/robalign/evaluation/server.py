@@ -1,8 +1,10 @@
 """A local OpenAI-compatible chat server for tests and offline runs, with fault injection.
 
-Speaks ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` and
-``GET /stats`` (request counters, not part of the OpenAI API) on 127.0.0.1. Answers come
-from a *responder*: scripted text (``ScriptedResponder``) or a tiny HF model
+Speaks ``POST /v1/chat/completions`` (also ``/chat/completions``), ``POST /v1/completions``
+(also ``/completions``: a raw text ``prompt``, answered in ``choices[0].text``), ``GET /v1/models``
+and ``GET /stats`` (request counters, not part of the OpenAI API) on 127.0.0.1. Answers come
+from a *responder*, called with the chat messages (``[]`` for a completions request, whose
+text is ``body["prompt"]``): scripted text (``ScriptedResponder``) or a tiny HF model
 (``HFResponder``). Faults are injected at configured rates: HTTP 429 (with
 ``Retry-After: 0``), HTTP 500, a slow answer (``slow_seconds`` of sleep, meant to exceed the
 client's timeout) and malformed JSON (HTTP 200 with a truncated body). The completion
@@ -39,7 +41,14 @@ class Reply:
     finish_reason: str = "stop"
 
 
-Responder = Callable[[list[dict], dict], "str | Reply"]  # (messages, body) -> reply
+Responder = Callable[[list[dict], dict], "str | Reply"]  # (messages, body) -> reply; messages [] for /completions
+
+
+def request_text(messages: list[dict], body: dict) -> str:
+    """What a responder answers: the last user message, or a completions request's prompt."""
+    if not messages and isinstance(body.get("prompt"), str):
+        return body["prompt"]
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
 
 FAULTS = ("429", "500", "slow", "malformed")
 # OpenAI's newer models take only max_completion_tokens; most other servers take max_tokens
@@ -96,7 +105,7 @@ class ScriptedResponder:
         self._lock = threading.Lock()
 
     def __call__(self, messages: list[dict], body: dict) -> str:
-        prompt = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        prompt = request_text(messages, body)
         if callable(self.replies):
             return self.replies(prompt)
         if isinstance(self.replies, dict):
@@ -111,7 +120,8 @@ class ScriptedResponder:
 
 
 class HFResponder:
-    """Replies by generating with an ``hf`` backend (greedy unless the body asks otherwise)."""
+    """Replies by generating with an ``hf`` backend (greedy unless the body asks otherwise); a
+    completions request is generated from its raw prompt, with no chat template."""
 
     def __init__(self, model: str, **options):
         from robalign.evaluation.hf_backend import HFBackend
@@ -121,10 +131,11 @@ class HFResponder:
     def __call__(self, messages: list[dict], body: dict) -> Reply:
         from robalign.evaluation.backends import GenerationRequest
 
+        raw = body["prompt"] if not messages and isinstance(body.get("prompt"), str) else None
         request = GenerationRequest(
             messages=messages, max_new_tokens=int(body.get(token_limit_field(body) or "max_tokens") or 64),
             temperature=float(body.get("temperature") or 0.0), top_p=float(body.get("top_p") or 1.0),
-            seed=int(body.get("seed") or 0),
+            seed=int(body.get("seed") or 0), raw_prompt=raw,
         )
         response = self.backend.generate([request])[0]
         if not response.ok:
@@ -140,7 +151,8 @@ class LocalOpenAIServer:
         self.responder = responder or ScriptedResponder()
         self.faults = faults or Faults()
         self.model_name, self.cut_at_limit = model_name, cut_at_limit
-        # "chat" = chat requests received; one count per outcome (ok, 429, ...); in_flight, max_in_flight
+        # "chat" / "completions" = requests received per route; one count per outcome (ok, 429, ...);
+        # in_flight, max_in_flight
         self.counts: Counter[str] = Counter()
         self.authorizations: Counter[str] = Counter()  # Authorization header values seen (tests)
         self.token_limit_fields: Counter[str] = Counter()  # max_tokens / max_completion_tokens / none
@@ -162,6 +174,11 @@ class LocalOpenAIServer:
     def chat_requests(self) -> int:
         with self._lock:
             return self.counts["chat"]
+
+    @property
+    def completion_requests(self) -> int:
+        with self._lock:
+            return self.counts["completions"]
 
     def start(self) -> LocalOpenAIServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -185,20 +202,21 @@ class LocalOpenAIServer:
         with self._lock:
             return dict(self.counts)
 
-    def handle_chat(self, raw: bytes, authorization: str | None) -> tuple[int, dict, bytes]:
-        """(status, headers, body) for one chat request; records counts and peak concurrency."""
+    def handle_chat(self, raw: bytes, authorization: str | None, route: str = "chat") -> tuple[int, dict, bytes]:
+        """(status, headers, body) for one request to ``route`` (``chat`` or ``completions``);
+        records counts and peak concurrency."""
         with self._lock:
             self.counts["in_flight"] += 1
             self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.counts["in_flight"])
         try:
-            return self._chat(raw, authorization)
+            return self._chat(raw, authorization, route)
         finally:
             with self._lock:
                 self.counts["in_flight"] -= 1
 
-    def _chat(self, raw: bytes, authorization: str | None) -> tuple[int, dict, bytes]:
+    def _chat(self, raw: bytes, authorization: str | None, route: str) -> tuple[int, dict, bytes]:
         with self._lock:
-            self.counts["chat"] += 1
+            self.counts[route] += 1
             if authorization:
                 self.authorizations[authorization] += 1
             digest = _digest(raw)  # counted by digest: memory stays small on long runs
@@ -213,7 +231,12 @@ class LocalOpenAIServer:
             return 500, {}, _json({"error": {"message": "server error (injected)"}})
         try:
             body = json.loads(raw)
-            messages = body["messages"]
+            if route == "completions":
+                messages = []
+                if not isinstance(body["prompt"], str):
+                    raise ValueError("prompt must be a string")
+            else:
+                messages = body["messages"]
             if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
                 raise ValueError("messages must be a list of {role, content}")
         except (ValueError, KeyError, TypeError) as exc:
@@ -231,7 +254,8 @@ class LocalOpenAIServer:
         reply = reply if isinstance(reply, Reply) else Reply(reply)
         if self.cut_at_limit:
             reply = cut_to_limit(reply, body.get(token_limit_field(body) or "max_tokens"))
-        payload = _completion(body.get("model") or self.model_name, reply, messages)
+        payload = _completion(body.get("model") or self.model_name, reply, messages, body.get("prompt")
+                              if route == "completions" else None)
         if fault == "malformed":
             return 200, {}, payload[: len(payload) // 2]
         return 200, {}, payload
@@ -253,19 +277,28 @@ def cut_to_limit(reply: Reply, limit) -> Reply:
     return Reply(" ".join(words[: int(limit)]), "length")
 
 
-def _completion(model: str, reply: Reply, messages: list[dict]) -> bytes:
+def _completion(model: str, reply: Reply, messages: list[dict], prompt: str | None = None) -> bytes:
+    """A chat.completion body, or a text_completion body when ``prompt`` (a /completions request) is given."""
     # whitespace-split word counts stand in for token counts in the usage block
     text = reply.text
-    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages) + len((prompt or "").split())
+    if prompt is not None:
+        choice = {"index": 0, "text": text, "finish_reason": reply.finish_reason}
+    else:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reply.finish_reason}
     return _json({
-        "id": "chatcmpl-" + hashlib.sha256(text.encode()).hexdigest()[:12],
-        "object": "chat.completion",
+        "id": ("cmpl-" if prompt is not None else "chatcmpl-") + hashlib.sha256(text.encode()).hexdigest()[:12],
+        "object": "text_completion" if prompt is not None else "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reply.finish_reason}],
+        "choices": [choice],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                   "total_tokens": prompt_tokens + len(text.split())},
     })
+
+
+ROUTES = {"/v1/chat/completions": "chat", "/chat/completions": "chat", "/v1/completions": "completions",
+          "/completions": "completions"}
 
 
 def _make_handler(server: LocalOpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -299,9 +332,10 @@ def _make_handler(server: LocalOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
-            if urlsplit(self.path).path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            route = ROUTES.get(urlsplit(self.path).path.rstrip("/"))
+            if route is None:
                 self._send(404, {}, _json({"error": {"message": f"no route {urlsplit(self.path).path}"}}))
                 return
-            self._send(*server.handle_chat(raw, self.headers.get("Authorization")))
+            self._send(*server.handle_chat(raw, self.headers.get("Authorization"), route))
 
     return Handler

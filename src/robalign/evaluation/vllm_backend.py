@@ -8,7 +8,9 @@ prefixes. Each request carries its own ``SamplingParams`` seed derived from
 
 Prompts go to the engine as token ids (``engine_inputs``), the same ids the ``hf`` backend
 feeds its model: given text, vLLM tokenizes it with the tokenizer's special tokens, and a
-chat template that writes its own BOS (Llama 3) would get a second one in front.
+chat template that writes its own BOS (Llama 3) would get a second one in front. A raw-prompt
+request (``GenerationRequest.raw_prompt``) goes as the ids of exactly that text, with the
+tokenizer's special tokens as the ``hf`` backend adds them (``raw_prompt_token_ids``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationRequest, GenerationResponse, OnResponse
-from robalign.evaluation.hf_backend import model_identity, prompt_token_ids, row_seed
+from robalign.evaluation.hf_backend import model_identity, prompt_token_ids, raw_prompt_token_ids, row_seed
 from robalign.models.loading import load_tokenizer, resolve_model_path
 from robalign.models.registry import lookup as lookup_packaged
 
@@ -27,7 +29,8 @@ def engine_inputs(tokenizer, requests: Sequence[GenerationRequest]) -> tuple[lis
     """(prompts, sampling parameters) for ``LLM.generate``, one each per request: prompts as
     ``{"prompt_token_ids": [...]}`` (a vLLM ``TokensPrompt``), parameters as the keyword
     arguments of ``SamplingParams``. Pure: needs the tokenizer, not vllm."""
-    prompts = [{"prompt_token_ids": prompt_token_ids(tokenizer, r.messages)} for r in requests]
+    prompts = [{"prompt_token_ids": raw_prompt_token_ids(tokenizer, r.raw_prompt) if r.raw_prompt is not None
+                else prompt_token_ids(tokenizer, r.messages)} for r in requests]
     params = [
         dict(max_tokens=int(r.max_new_tokens), temperature=float(r.temperature), top_p=float(r.top_p),
              seed=row_seed(r.seed, r.sample_index) if r.temperature > 0 else None)
