@@ -296,8 +296,7 @@ def _resampled_weights(rng: np.random.Generator, stratum: np.ndarray, b: int) ->
     rows = np.arange(b)[:, None]
     for s in np.unique(stratum):
         members = np.flatnonzero(stratum == s)
-        k = len(members)
-        draws = rng.integers(0, k, size=(b, k))
+        k, draws = len(members), rng.integers(0, len(members), size=(b, len(members)))
         weights[:, members] = np.bincount((rows * k + draws).ravel(), minlength=b * k).reshape(b, k)
     return weights
 
@@ -311,7 +310,9 @@ def _stats(counts: np.ndarray, t: _Table, kept: np.ndarray) -> dict[str, np.ndar
     pooled = att.sum(-2)  # variants pooled: [B, C, T, A, 5]
     sigma_ca = nan_mean(safety(pooled), 2)  # [B, C, A]
     sigma_cav = nan_mean(safety(att), 2)  # [B, C, A, V]
-    per_attack, per_variant = pooled.sum((1, 2)), att.sum((1, 2))
+    per_attack, per_variant = pooled.sum((1, 2)), att.sum((1, 2))  # [B, A, 5], [B, A, V, 5]
+    m_rate, m_share = misunderstanding_rates(per_attack[..., M], per_attack[..., R], per_attack.sum(-1))
+    mv_rate, mv_share = misunderstanding_rates(per_variant[..., M], per_variant[..., R], per_variant.sum(-1))
     eff = attack_effectiveness(sigma_c, sigma_ca, t.attacked)
     return {
         "robustness": robustness(base), "fairness": fairness(base), "safety": safety(base),
@@ -321,10 +322,7 @@ def _stats(counts: np.ndarray, t: _Table, kept: np.ndarray) -> dict[str, np.ndar
         "effectiveness": eff,
         "effectiveness_variant": attack_effectiveness(sigma_c, sigma_cav.reshape(B, C, A * V), t.attacked
                                                       ).reshape(B, A, V),
-        "m_rate": misunderstanding_rates(per_attack[..., M], per_attack[..., R], per_attack.sum(-1))[0],
-        "m_share": misunderstanding_rates(per_attack[..., M], per_attack[..., R], per_attack.sum(-1))[1],
-        "m_rate_variant": misunderstanding_rates(per_variant[..., M], per_variant[..., R], per_variant.sum(-1))[0],
-        "m_share_variant": misunderstanding_rates(per_variant[..., M], per_variant[..., R], per_variant.sum(-1))[1],
+        "m_rate": m_rate, "m_share": m_share, "m_rate_variant": mv_rate, "m_share_variant": mv_share,
         "expected_safety_reduction": expected_safety_reduction(eff, kept),
         "overall_safety": overall_safety(sigma_c, sigma_ca, t.attacked, kept),
     }
