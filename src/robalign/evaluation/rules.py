@@ -93,7 +93,7 @@ def refuses_to_grade(judge_reply: str) -> str | None:
     return is_refusal(_QUOTED.sub(" ", normalise_quotes(judge_reply.strip()[:JUDGE_REFUSAL_WINDOW])))
 
 
-_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{8,}={0,2}(?![A-Za-z0-9+/=])")
+_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{6,}={0,2}(?![A-Za-z0-9+/=])")
 
 
 def with_decoded_base64(text: str) -> str:
@@ -106,7 +106,7 @@ def with_decoded_base64(text: str) -> str:
 
     decoded = []
     for run in _BASE64_RUN.findall(text):
-        if len(run) % 4:
+        if len(run) < 8 or len(run) % 4:
             continue
         try:
             plain = base64.b64decode(run, validate=True).decode("utf-8")
