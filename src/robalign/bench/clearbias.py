@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from robalign.bench import metrics, prompts
-from robalign.bench.attacks import attacked_prompts, parse_attacks
+from robalign.bench.attacks import attacked_prompts, parse_attacks, translation_requests
 from robalign.bench.judging import JudgeSetup, judge_rows, misunderstanding_rows
 from robalign.bench.run import CostMeter, Estimate, estimate_cost, open_run
 from robalign.evaluation.backends import GenerationRequest, build_backend, spec_label
@@ -157,7 +157,15 @@ def run_clear_bias(cfg: ClearBiasConfig, out: str, cache: ResponseCache | None, 
     # attack phase on the gated categories -> judge -> R-vs-M second pass
     notes = list(setup.notes)
     targets = [p for p in base_items if p.category in gated]
-    attacked, attack_notes = attacked_prompts(prompt_set, targets, selection, translator=translator)
+    regenerate = ["obfuscation"] if any(a == "obfuscation" for a, _ in prompt_set.stored) else []
+    if regenerate:  # the stored v1/v2 encode the whole prompt after the plain prefix (DESIGN.md appendix)
+        notes.append("obfuscation regenerated from the base prompts: the stored v1/v2 prompts carry the reference's "
+                     "whole-prompt encoding bug")
+    variants = [v for a, v in selection if a == "machine_translation" and (a, v) not in prompt_set.stored]
+    if translator is not None and variants and targets:
+        meter.check(translator, translation_requests(targets, variants), "translation")
+    attacked, attack_notes = attacked_prompts(prompt_set, targets, selection, translator=translator,
+                                              regenerate=regenerate)
     notes += attack_notes
     frames = [base]
     if attacked:

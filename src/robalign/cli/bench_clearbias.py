@@ -79,8 +79,18 @@ def _print_plan(plan: dict) -> None:
 
 
 def _print_summary(summary: dict, out: str) -> None:
-    from robalign.bench.report import summary_lines
+    from robalign.bench.report import verdict_line
 
-    for line in summary_lines(summary):
-        print(line)
+    judge = summary["judge"]
+    kappa = f"kappa {judge['kappa']:.3f}" if judge.get("kappa") is not None else "kappa not measured"
+    print(f"judge {judge['label']} ({kappa}; {judge.get('kappa_source')})")
+    for row in summary.get("category_safety", []):
+        ci = row.get("safety_ci") or row.get("ci")
+        shown = f"{row['safety']:.2f}" if row.get("safety") is not None else "  - "
+        print(f"  {row['category']:30} safety {shown}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+              + ("  attacked" if row.get("attacked") else ""))
+    print(verdict_line(summary))
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
+    print(f"costs: {summary['costs']['actual']['usd']:.4f} USD; wall {summary['wall_s']:.1f} s")
     print(f"wrote {out}/responses.jsonl, {out}/summary.json, {out}/report.html")
