@@ -6,6 +6,9 @@ same process; and the cost of robalign's ShaPO step (k = 1 and k = 5) relative t
     python benchmarks/train_step.py --json --model smollm2-135m-instruct --batch 4 --max-length 256 \
         --data ../shared/data/pku_saferlhf_dpo/pku_seferlhf_realign_dpo_5k.json --steps 4 --warmup 1 \
         --rounds 3 --epochs 3 --no-shapo --peak-rss     # the real model (robalign models pull ...)
+    python benchmarks/train_step.py --json --model smollm2-135m-instruct --batch 4 --max-length 256 --min-tokens 200 \
+        --data ../shared/data/pku_saferlhf_dpo/pku_seferlhf_realign_dpo_5k.json --steps 4 --warmup 1 --rounds 3 \
+        --epochs 3 --no-shapo                            # issue 8's comparison: ~256-token sequences
 
 TRL is configured fairly for a CPU: fp32 (its DPOConfig defaults to bf16), no gradient
 checkpointing (also on by default), no evaluation or saving, its default reference handling
@@ -41,12 +44,28 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 
-def bench_pairs(n: int, seed: int = 0, data: str | None = None):
+def bench_pairs(n: int, seed: int = 0, data: str | None = None, min_tokens: int = 0, tokenizer=None):
     """Synthetic pairs lengthened to ~128 tokens (two prompts, two-sentence responses), or the
-    first ``n`` pairs of a data file (real PKU pairs fill a 256-token window)."""
+    first ``n`` pairs of a data file; with ``min_tokens``, the first ``n`` whose prompt plus
+    shorter response is at least that many tokens (PKU pairs average ~80 tokens a sequence,
+    so a 256-token comparison needs the long ones)."""
     from robalign.data.preference import PreferencePair, load_pairs
     from robalign.data.synthetic import synthetic_pairs
 
+    if data and min_tokens:
+        def text(x, prompt: bool = False) -> str:  # a conversation (HH-RLHF) as HH-style plain text, for both
+            if isinstance(x, str):
+                return x
+            turns = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in x)
+            return turns + "\n\nAssistant:" if prompt else turns.split(": ", 1)[-1]
+
+        flat = [PreferencePair(id=p.id, prompt=text(p.prompt, True), chosen=" " + text(p.chosen),
+                               rejected=" " + text(p.rejected)) for p in load_pairs(data, on_invalid="skip")]
+        long = [p for p in flat
+                if len(tokenizer(p.prompt + min(p.chosen, p.rejected, key=len))["input_ids"]) >= min_tokens][:n]
+        if len(long) < n:
+            raise SystemExit(f"{data}: only {len(long)} pairs reach {min_tokens} tokens, {n} needed")
+        return long
     if data:
         return load_pairs(data, limit=n)
 
@@ -201,6 +220,8 @@ def main() -> None:
     parser.add_argument("--model", default=None,
                         help="a model directory or packaged name (e.g. smollm2-135m-instruct) instead of a tiny one")
     parser.add_argument("--data", default=None, help="preference pairs file instead of synthetic pairs")
+    parser.add_argument("--min-tokens", type=int, default=0,
+                        help="with --data: only pairs whose prompt + shorter response has at least this many tokens")
     parser.add_argument("--epochs", type=int, default=1, help="epochs the reference pass is amortised over")
     parser.add_argument("--no-shapo", action="store_true", help="skip the ShaPO timings")
     parser.add_argument("--peak-rss", action="store_true",
@@ -218,7 +239,13 @@ def main() -> None:
         else:
             model_dir = build_tiny_model(Path(tmp) / "model", size=args.size, arch="llama")
             n_params = json.loads((model_dir / "robalign_tiny.json").read_text())["parameters"]
-        pairs = bench_pairs(args.batch * (args.steps + args.warmup), data=args.data)
+        tokenizer = None
+        if args.min_tokens:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        pairs = bench_pairs(args.batch * (args.steps + args.warmup), data=args.data, min_tokens=args.min_tokens,
+                            tokenizer=tokenizer)
         timing = (model_dir, pairs, args.batch, args.steps, args.warmup, args.max_length)
         if args.rss_child:  # one robalign round, for the parent's peak-RSS reading
             time_robalign(*timing)
@@ -267,7 +294,7 @@ def report(args, n_params: int, ours: list[dict], trl: list[dict], shapo: dict, 
     return {
         "benchmark": "train_step", "model": args.model or f"tiny llama {args.size}", "parameters": n_params,
         "data": args.data or "synthetic", "reference_amortised_over_epochs": args.epochs,
-        "batch_pairs": args.batch, "max_length": args.max_length,
+        "batch_pairs": args.batch, "max_length": args.max_length, "min_tokens": args.min_tokens,
         "mean_tokens_per_sequence": round(statistics.mean(o["mean_tokens_per_sequence"] for o in ours), 1),
         "threads": torch.get_num_threads(), "device": "cpu", "steps_timed": args.steps, "rounds": args.rounds,
         "load_average_1m": round(os.getloadavg()[0], 2),

@@ -104,15 +104,19 @@ def _generate(meter: CostMeter, backend: CachedBackend, requests: list[Generatio
 
 
 def plan(cfg: ClearBiasConfig, prompt_set: prompts.PromptSet, model: CachedBackend, setup: JudgeSetup,
-         n_attacked: int) -> dict[str, Any]:
+         selection: list[tuple[str, str]], regenerate: list[str]) -> dict[str, Any]:
     """Calls, tokens and cost per phase before anything is sent; the attack phase is an upper
-    bound (the gate decides it), as is the second pass (every attacked answer an R)."""
+    bound (the gate decides it: every category counted as attacked), as is the second pass
+    (every attacked answer an R). Answers already in the cache cost nothing."""
     base_requests = answer_requests(prompt_set.prompts, cfg)
-    n_attack = n_attacked * cfg.samples
-    attack = Estimate(n_attack, 0, n_attack, int(n_attack * 120), n_attack * cfg.max_new_tokens)
-    attack.usd = _usd(model, attack)
+    attacked, _ = attacked_prompts(prompt_set, prompt_set.prompts, selection, regenerate=regenerate)
+    attack = estimate_cost(model, answer_requests(attacked, cfg))
+    untranslated = sum(a == "machine_translation" and (a, v) not in prompt_set.stored for a, v in selection)
+    if cfg.translator and untranslated:  # translated prompts are not known yet: count them at base length
+        guess = answer_requests(prompt_set.prompts, cfg) * untranslated
+        attack = attack + estimate_cost(model, guess, check_cache=False)
     phases = {"base/model": estimate_cost(model, base_requests), "attack/model (upper bound)": attack}
-    phases |= setup.estimates(cfg, len(base_requests), n_attack, cfg.max_new_tokens)
+    phases |= setup.estimates(cfg, len(base_requests), attack.requests, cfg.max_new_tokens)
     total = sum(phases.values(), Estimate())
     return {"phases": {k: v.to_dict() for k, v in phases.items()}, "total": total.to_dict()}
 
@@ -137,7 +141,9 @@ def run_clear_bias(cfg: ClearBiasConfig, out: str, cache: ResponseCache | None, 
     setup = JudgeSetup.build(cfg, cache)
     translator = (CachedBackend(build_backend(cfg.translator), cache, label=spec_label(cfg.translator))
                   if cfg.translator else None)
-    estimate = plan(cfg, prompt_set, model, setup, len(prompt_set.prompts) * len(selection))
+    # the stored obfuscation v1/v2 encode the whole prompt after the plain prefix (DESIGN.md appendix)
+    regenerate = ["obfuscation"] if any(a == "obfuscation" for a, _ in prompt_set.stored) else []
+    estimate = plan(cfg, prompt_set, model, setup, selection, regenerate)
     if dry_run:
         return {"plan": estimate}
     run = open_run(out, "clear-bias", cfg.arguments(prompt_set.fingerprint()), record, restart)
@@ -157,8 +163,7 @@ def run_clear_bias(cfg: ClearBiasConfig, out: str, cache: ResponseCache | None, 
     # attack phase on the gated categories -> judge -> R-vs-M second pass
     notes = list(setup.notes)
     targets = [p for p in base_items if p.category in gated]
-    regenerate = ["obfuscation"] if any(a == "obfuscation" for a, _ in prompt_set.stored) else []
-    if regenerate:  # the stored v1/v2 encode the whole prompt after the plain prefix (DESIGN.md appendix)
+    if regenerate:
         notes.append("obfuscation regenerated from the base prompts: the stored v1/v2 prompts carry the reference's "
                      "whole-prompt encoding bug")
     variants = [v for a, v in selection if a == "machine_translation" and (a, v) not in prompt_set.stored]
