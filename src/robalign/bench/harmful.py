@@ -77,7 +77,7 @@ PROXY_NOTE = ("no safety judge: --judge keyword counts an answer as unsafe when 
               "non-refusal rate, a proxy for harm (a refusal that goes on to comply counts as safe, and a harmless "
               "non-refusal as unsafe); use --judge llm:<spec>#llama-guard, #md-judge or #harmbench for harmfulness")
 TWO_WAY_NOTE = ("the refusal judge is two-way (refusal / no refusal): partial refusals are not told apart; "
-                "an LLM refusal judge with a three-way template (C / R / P) separates them")
+                "--refusal-judge llm:<model spec>#compliance (C / R / P) separates them")
 
 
 @dataclass
