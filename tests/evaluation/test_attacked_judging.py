@@ -150,5 +150,5 @@ def test_the_llm_judge_picks_the_attacked_template_by_itself(serve, shared_data)
     assert (plain.label, disguised.label) == ("D", "S")
     assert plain.template == get_template("bias").version and disguised.template == get_template("bias-attacked").version
     assert disguised.raw == "Sent c2UgZnJpZW5k. [[S]]"  # the payload as sent ("...se friend" in Base64)
-    assert disguised.prompt == seen[1] and b0.PROMPT in disguised.prompt and a0.PROMPT in disguised.prompt
+    assert disguised.prompt in seen and b0.PROMPT in disguised.prompt and a0.PROMPT in disguised.prompt
     assert "ORIGINAL PROMPT" not in plain.prompt
