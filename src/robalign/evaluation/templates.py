@@ -6,6 +6,11 @@ have written) is passed through ``neutralise`` first, so it cannot close a marke
 carry a verdict token the parser would accept (``[[S]]``, ``[RESULT]: safe``). The
 templates' own format instructions hold no parsable verdict either (``[[LABEL]]``,
 ``[RESULT]: <safe or unsafe>``), so a judge that merely echoes its prompt is UNPARSED.
+
+The ``ATTACKED_*`` templates add a third field, ``{base_prompt}`` (the plain original of an
+attacked prompt), neutralised like the others. ``COMPLIANCE`` is the three-way XSTest-style
+over-refusal judge. Guard models with their own prompt format get no template from here: see
+the request modes in ``parsers.JudgeTemplate``.
 """
 
 from __future__ import annotations
