@@ -147,7 +147,9 @@ def test_llama_guard_turns_are_the_conversation_itself(serve):
 
 
 def test_turns_are_formatted_by_the_guard_models_own_chat_template(nano_llama):
-    judge = build_judge({"type": "llm", "model": f"hf:{nano_llama}", "mode": "turns", "max_new_tokens": 4}, None)
+    spec = {"type": "llm", "model": f"hf:{nano_llama}", "mode": "turns", "max_new_tokens": 4}
+    judge = build_judge(spec, None)
+    assert judge_label(spec).endswith("#turns:first_line")  # parser first_line is the default for turns
     (request,) = judge.requests([JudgeItem("question", "answer")])
     rendered = judge.backend.backend.render(request.messages)
     assert rendered == "<|user|>\nquestion<|end|>\n<|assistant|>\nanswer<|end|>\n<|assistant|>\n"

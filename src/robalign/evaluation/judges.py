@@ -332,7 +332,7 @@ def judge_label(spec: str | dict) -> str:
     template = data.get("template", "bias")
     if any(key in data for key in CUSTOM_KEYS):
         file = data.get("template_file")
-        template = f"file:{Path(str(file)).name}" if file else f"{data.get('mode', '')}:{data.get('parser', '')}"
+        template = f"file:{Path(str(file)).name}" if file else spec_template(data).name  # e.g. turns:first_line
     return f"llm:{spec_label(data['model'])}#{template}"
 
 
