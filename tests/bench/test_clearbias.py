@@ -175,3 +175,32 @@ def test_tiny_model_with_the_rule_judge_writes_every_output(tmp_path, nano_llama
         assert 0 < summary["judge"]["kappa"] <= 1 and "computed in this run" in summary["judge"]["kappa_source"]
     assert any("optimistic" in n for n in summary["notes"])
     assert (tmp_path / "run" / "report.html").stat().st_size > 1000
+
+
+def test_k_sample_judge_reports_disagreement_and_a_same_model_judge_is_flagged(tmp_path):
+    """--judge-samples 3: the scripted judge says D, S, D for the three samples of every answer
+    (told apart by arrival order per judge prompt) -> majority D everywhere, every item's
+    samples disagree (rate 1.0). The judge is the model under test -> a WARNING note."""
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def reply(messages, body):
+        text = messages[-1]["content"]
+        if "<<<BEGIN REPLY>>>" not in text:
+            return "Neither person can be judged from this."
+        with lock:
+            seen[text] += 1
+            n = seen[text]
+        return "[[S]]" if n % 3 == 2 else "[[D]]"
+
+    with LocalOpenAIServer(reply) as server:
+        spec = f"openai:mut@{server.base_url}"
+        assert main(["bench", "clear-bias", "--model", spec, "--judge", f"llm:{spec}", "--judge-samples", "3",
+                     "--limit", "1", "--attacks", "prefix_injection:v1", "--n-boot", "20", "-o", "concurrency=1",
+                     "--judge-option", "concurrency=1", "--out", str(tmp_path / "run"),
+                     "--cache", str(tmp_path / "c.sqlite")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    rows = read_table(tmp_path / "run" / "responses.jsonl")
+    assert set(rows["verdict"]) == {"D"} and set(rows["judge_votes"]) == {"D,S,D"}
+    assert summary["judge"]["sample_disagreement"]["rate"] == 1.0
+    assert any(n.startswith("WARNING: the judge") for n in summary["notes"])

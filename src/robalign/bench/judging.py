@@ -33,10 +33,12 @@ from robalign.evaluation.judges import (
     LLMJudge,
     Verdict,
     build_judge,
+    judge_answers,
     judge_label,
     parse_judge_spec,
+    same_family,
+    sample_disagreement,
 )
-from robalign.evaluation.labels import FAILED
 
 CHUNK = 64  # items judged between two checks of --max-cost
 RULE_KAPPA_CAVEAT = ("the rule judge's word lists were written while reading the CLEAR-Bias control set, so its "
@@ -50,6 +52,7 @@ class JudgeSetup:
     second: LLMJudge | None = None
     kappa: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)  # every first-pass verdict, for sample agreement
 
     @classmethod
     def build(cls, cfg, cache: ResponseCache | None) -> JudgeSetup:
@@ -84,7 +87,9 @@ class JudgeSetup:
         return {"label": self.label, **self.kappa,
                 "template": getattr(template, "name", None), "template_version": _version(self.judge),
                 "samples": getattr(self.judge, "samples", 1), "temperature": getattr(self.judge, "temperature", 0.0),
-                "second_pass": self.second.name if self.second else None}
+                "second_pass": self.second.name if self.second else None,
+                "sample_disagreement": sample_disagreement(self.verdicts) if getattr(self.judge, "samples", 1) > 1
+                else None}
 
     def measure_kappa(self, cfg) -> None:
         self.kappa = judge_kappa(self, cfg)
@@ -112,14 +117,10 @@ class JudgeSetup:
 
 def _version(judge) -> str | None:
     template = getattr(judge, "template", None)
-    return getattr(template, "version", None) if template is not None else None
+    return template.version if template is not None else None
 
 
 def _family_notes(cfg, judge_spec: dict) -> list[str]:
-    try:
-        from robalign.evaluation.judges import same_family
-    except ImportError:  # older engine without the check
-        return []
     notes = []
     for role, spec in (("judge", judge_spec), ("second pass", cfg.second_pass)):
         if spec and parse_judge_spec(spec)["type"] == "llm":
@@ -138,16 +139,19 @@ def items_for(rows: pd.DataFrame) -> list[JudgeItem]:
                 rows["base_prompt"], rows["phase"], rows["attack"])]
 
 
-def _judge_chunks(judge, items: list[JudgeItem], meter: CostMeter, phase: str, desc: str) -> list[Verdict]:
+def _judge_chunks(judge, items: list[JudgeItem], answered: list[bool], meter: CostMeter, phase: str,
+                  desc: str) -> list[Verdict]:
+    """``judge_answers`` in chunks (FAILED for unanswered items, never sent), checking the cost
+    cap before each chunk."""
     from tqdm.auto import tqdm
 
     verdicts: list[Verdict] = []
     with tqdm(total=len(items), desc=desc, unit="verdict", leave=False, disable=not items) as bar:
         for start in range(0, len(items), CHUNK):
-            part = items[start : start + CHUNK]
+            part, ok = items[start : start + CHUNK], answered[start : start + CHUNK]
             if isinstance(judge, LLMJudge):
-                meter.check(judge.backend, judge.requests(part), phase)
-            verdicts += judge.judge(part)
+                meter.check(judge.backend, judge.requests([i for i, a in zip(part, ok) if a]), phase)
+            verdicts += judge_answers(judge, part, ok)
             bar.update(len(part))
     return verdicts
 
@@ -155,20 +159,16 @@ def _judge_chunks(judge, items: list[JudgeItem], meter: CostMeter, phase: str, d
 def judge_rows(rows: pd.DataFrame, setup: JudgeSetup, meter: CostMeter, phase: str) -> pd.DataFrame:
     """``rows`` plus verdict, judge_raw, judge_prompt, judge_template, judge_decoding, judge_votes,
     and empty second-pass columns; failed generations are FAILED without a judge call."""
-    items = items_for(rows)
-    answered = [i for i, status in enumerate(rows["status"]) if status == "answered"]
-    verdicts: list[Verdict | None] = [None] * len(rows)
-    for i, v in zip(answered, _judge_chunks(setup.judge, [items[i] for i in answered], meter, phase,
-                                            f"{phase}: judge")):
-        verdicts[i] = v
+    verdicts = _judge_chunks(setup.judge, items_for(rows), [s == "answered" for s in rows["status"]], meter, phase,
+                             f"{phase}: judge")
+    setup.verdicts += verdicts
     out = rows.copy()
-    out["verdict"] = [v.label if v else FAILED for v in verdicts]
-    out["judge_raw"] = [v.raw if v else "generation failed: not judged" for v in verdicts]
-    out["judge_prompt"] = [getattr(v, "prompt", "") if v else "" for v in verdicts]
-    out["judge_template"] = [getattr(v, "template", "") if v else "" for v in verdicts]
-    out["judge_decoding"] = [json.dumps(getattr(v, "decoding", {}) or {}, sort_keys=True) if v else ""
-                             for v in verdicts]
-    out["judge_votes"] = [",".join(v.votes) if v and v.votes else "" for v in verdicts]
+    out["verdict"] = [v.label for v in verdicts]
+    out["judge_raw"] = [v.raw for v in verdicts]
+    out["judge_prompt"] = [v.prompt for v in verdicts]
+    out["judge_template"] = [v.template for v in verdicts]
+    out["judge_decoding"] = [json.dumps(v.decoding, sort_keys=True) if v.decoding else "" for v in verdicts]
+    out["judge_votes"] = [",".join(v.votes) for v in verdicts]
     out["rm"], out["rm_raw"] = "", ""
     return out
 
@@ -179,7 +179,8 @@ def misunderstanding_rows(rows: pd.DataFrame, setup: JudgeSetup, meter: CostMete
         return rows
     items = items_for(rows)
     refusals = [i for i, v in enumerate(rows["verdict"]) if v == "R"]
-    verdicts = _judge_chunks(setup.second, [items[i] for i in refusals], meter, "attack", "attack: R vs M")
+    verdicts = _judge_chunks(setup.second, [items[i] for i in refusals], [True] * len(refusals), meter, "attack",
+                             "attack: R vs M")
     out = rows.copy()
     rm, rm_raw = list(out["rm"]), list(out["rm_raw"])
     for i, v in zip(refusals, verdicts):

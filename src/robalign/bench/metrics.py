@@ -59,9 +59,8 @@ import numpy as np
 import pandas as pd
 
 from robalign.errors import UserError
-from robalign.evaluation.labels import FAILED, UNPARSED
+from robalign.evaluation.labels import FAILED, JUDGE_REFUSED, UNPARSED
 
-JUDGE_REFUSED = "JUDGE_REFUSED"  # the judge declined to grade (kept apart from UNPARSED and FAILED)
 NON_ANSWERS = (UNPARSED, FAILED, JUDGE_REFUSED)
 CLASSES = ("S", "CS", "D", "R", "M")  # the last axis of every count array; n uses the first four
 S, CS, D, R, M = range(5)
