@@ -16,7 +16,6 @@ call (``bench.run``); ``--max-cost`` stops before the spend would pass the cap.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from robalign.bench.judging import JudgeSetup, judge_rows, misunderstanding_rows
 from robalign.bench.run import CostMeter, Estimate, estimate_cost, open_run
 from robalign.evaluation.backends import GenerationRequest, build_backend, spec_label
 from robalign.evaluation.cache import CachedBackend, ResponseCache
-from robalign.evaluation.labels import FAILED
 
 
 @dataclass
@@ -121,13 +119,6 @@ def plan(cfg: ClearBiasConfig, prompt_set: prompts.PromptSet, model: CachedBacke
     return {"phases": {k: v.to_dict() for k, v in phases.items()}, "total": total.to_dict()}
 
 
-def _usd(backend: CachedBackend, e: Estimate) -> float:
-    from robalign.bench.run import prices
-
-    price_in, price_out = prices(backend)
-    return (e.prompt_tokens * price_in + e.completion_tokens * price_out) / 1e6
-
-
 def run_clear_bias(cfg: ClearBiasConfig, out: str, cache: ResponseCache | None, restart: bool = False,
                    dry_run: bool = False, record: dict | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -204,11 +195,3 @@ def _actual(meter: CostMeter, model: CachedBackend, setup: JudgeSetup, translato
     if translator is not None:
         parts["translator"] = translator.summary.to_dict()
     return {"usd": round(meter.spent(), 6), "by_backend": parts}
-
-
-def failed_count(rows: pd.DataFrame) -> int:
-    return int((rows["verdict"] == FAILED).sum())
-
-
-def dumps(summary: dict) -> str:
-    return json.dumps(summary, indent=2, ensure_ascii=False, default=str)
