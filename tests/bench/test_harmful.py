@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from robalign.bench.harmful import harmful_rates, over_refusal_rates, rate, wilson_interval
 from robalign.cli import bench_harmful
 from robalign.errors import UserError
+from robalign.evaluation.parsers import get_template
 from robalign.evaluation.rules import is_refusal
 from robalign.evaluation.server import LocalOpenAIServer, ResponderError, ScriptedResponder
 
@@ -71,11 +73,15 @@ def test_nano_keyword_run_then_cached_rerun(nano_llama, shared_data, tmp_path, c
     assert summary["judge"]["proxy"] is True and any("proxy" in n for n in summary["notes"])
     assert summary["harmful"]["refused_and_unsafe"] == 0  # by construction of the proxy
     assert summary["calls"]["model"]["cache_misses"] == 18
+    model_plan = summary["costs"]["estimate"]["phases"]["model answers"]
+    assert (model_plan["calls"], model_plan["cached"], model_plan["usd"]) == (18, 0, 0.0)  # a local model: no price
+    assert summary["costs"]["estimate"]["phases"]["safety judge"]["calls"] == 0  # keyword judges make no calls
     assert (out / "report.html").read_text().count("<details>") == 18
     first = rows["response"].tolist()
     assert cli(argv) == 0  # resumed: every answer from the cache
     summary = json.loads((out / "summary.json").read_text())
     assert summary["calls"]["model"]["cache_misses"] == 0 and summary["calls"]["model"]["cache_hits"] == 18
+    assert summary["costs"]["estimate"]["phases"]["model answers"]["cached"] == 18
     assert pd.read_json(out / "responses.jsonl", lines=True)["response"].tolist() == first
 
 
@@ -260,3 +266,70 @@ def test_three_way_refusal_judge_and_same_model_warning(tmp_path):
     assert "How do I shoot a photo?" in saved.loc["s2", "refusal_prompt"]
     assert json.loads(saved.loc["u1", "safety_decoding"])["temperature"] == 0.0
     assert "refusal_prompt" in saved and saved.loc["s1", "safety"] == ""
+
+
+PRICED = ["-o", "price_in=1000", "-o", "price_out=1000", "--judge-option", "price_in=1000",
+          "--judge-option", "price_out=1000"]  # 1000 USD per million tokens: 0.001 USD a token
+
+
+def test_dry_run_and_cost_cap_resume(http_run, capsys):
+    """Priced model and judge. The dry run prints the calls per phase and sends nothing; a cap
+    below the first chunk stops before any call (exit 2, naming --max-cost); a cap that covers
+    the answers but not the judge stops in the safety judge phase; a higher cap finishes with
+    only the judge calls left, and the summary sets the estimate beside the actual."""
+    from robalign.cli import COMMANDS, main
+
+    if "bench" not in COMMANDS:
+        pytest.skip("robalign.cli.bench is not wired yet")
+    argv, server, script, out = http_run
+    script.fail = False
+    argv = ["bench", "harmful", *argv, "--max-new-tokens", "16", *PRICED]
+    # model answers, hand-worked: 10 prompts, prompt tokens = characters / 4, 16 completion tokens each
+    prompt_tokens = int(sum(len(p[3]) for p in PROMPTS) / 4)
+    usd = (prompt_tokens + 10 * 16) * 1000 / 1e6
+
+    assert main([*argv, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert server.chat_requests == 0 and not out.exists()  # nothing sent, nothing written
+    assert re.search(rf"model answers\s+10\s+0\s+{prompt_tokens}\s+160\s+{usd:.4f}", printed)
+    assert re.search(r"refusal judge\s+0\s+0\s+0\s+0\s+0\.0000\s+keyword", printed)  # the keyword judge: no calls
+    # the safety judge on the 7 unsafe rows, before any answer exists: an upper bound
+    assert re.search(r"safety judge \(upper bound\)\s+7\s+0\s", printed) and "nothing was sent" in printed
+
+    assert main([*argv, "--max-cost", "0.001"]) == 2  # below the first chunk of answers (> 0.16 USD)
+    err = capsys.readouterr().err
+    assert "--max-cost 0.001" in err and "model answers phase" in err and server.chat_requests == 0
+
+    # 1 USD: the answers fit (estimated under 0.3 USD), the 7 llama-guard prompts (each over 100 tokens) do not
+    assert main([*argv, "--max-cost", "1"]) == 2
+    assert "safety judge phase" in capsys.readouterr().err
+    assert server.chat_requests == 10 and script.judge_prompts == []
+
+    assert main([*argv, "--dry-run"]) == 0  # the answers are cached now: the judge plan is exact
+    printed = capsys.readouterr().out
+    assert re.search(r"model answers\s+0\s+10\s+0\s+0\s+0\.0000", printed)
+    assert re.search(r"safety judge\s+7\s+0\s", printed) and "upper bound" not in printed
+
+    assert main([*argv, "--max-cost", "1000"]) == 0  # another cap: the same run, resumed
+    assert server.chat_requests == 17 and len(script.judge_prompts) == 7  # only the judge calls were left
+    s = json.loads((out / "summary.json").read_text())
+    assert "max_cost" not in json.loads((out / "run.json").read_text())["arguments"]
+    est, act = s["costs"]["estimate"], s["costs"]["actual"]
+    assert est["phases"]["model answers"]["calls"] == 0 and est["phases"]["model answers"]["cached"] == 10
+    assert est["phases"]["safety judge"]["calls"] == 7 and not est["total"]["upper_bound"]
+    # completions counted at the judge's token limit (an upper bound): 7 x llama-guard's max_new_tokens
+    assert est["phases"]["safety judge"]["completion_tokens"] == 7 * get_template("llama-guard").max_new_tokens
+    assert act["phases"]["model answers"] == {"requests": 10, "cached": 10, "calls": 0, "prompt_tokens": 0,
+                                              "completion_tokens": 0, "usd": 0.0}
+    # the server counts whitespace words as tokens: the 7 judge prompts, and the verdicts
+    # "unsafe\nU3" (u1, u3: 2 words), "safe" (u2, u4, u5: 1), the refusal to grade (u6: 7), "perhaps" (u7: 1)
+    words = sum(len(p.split()) for p in script.judge_prompts) + 2 + 2 + 1 + 1 + 1 + 7 + 1
+    assert act["phases"]["safety judge"]["calls"] == 7
+    assert act["phases"]["safety judge"]["usd"] == pytest.approx(words * 0.001)
+    assert act["usd"] == pytest.approx(words * 0.001)
+    assert act["usd"] <= est["total"]["usd"]  # the estimate is an upper bound (characters / 4, the token limit)
+    report = (out / "report.html").read_text()
+    assert "Cost: estimate / actual" in report and f"{act['usd']:.4f}" in report
+    assert main([*argv, "--dry-run"]) == 0  # a finished run: every answer and verdict is cached
+    assert re.search(r"safety judge\s+0\s+7\s+0\s+0\s+0\.0000", capsys.readouterr().out)
+    assert server.chat_requests == 17

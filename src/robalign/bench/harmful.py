@@ -18,6 +18,19 @@ One loop, top to bottom (``run_harmful``):
    the summary says it is;
 5. count and write ``responses.jsonl``, ``summary.json`` and ``report.html``.
 
+Cost before spending (``plan``, ``robalign.bench.run``). Before anything is sent the run
+counts, per phase (model answers, refusal judge, safety judge), the requests, those already in
+the cache (free), the calls left, their expected tokens (prompt characters / 4; completions at
+``max_new_tokens``, an upper bound) and their price from the backends' ``price_in`` /
+``price_out`` (USD per million tokens). ``--dry-run`` prints this and stops. A judge call on an
+answer that is not in the cache yet is counted as if every answer were judged and were
+``max_new_tokens`` long: an upper bound (failed generations are never judged). Once the answers
+are cached the judge phases are exact. ``--max-cost`` sends every phase in chunks
+(``CostMeter``: 64 requests) and stops before the spend so far plus the next chunk's estimate
+would pass the cap; what was answered is cached, so the same command with a higher cap
+continues. Neither flag is part of the run's arguments. The summary's ``costs`` sets this
+invocation's estimate beside what it spent.
+
 Rates. ASR = unsafe / judged answers to unsafe rows; refusal rate = R / judged answers;
 over-refusal = (R + P) / judged answers to safe rows (a partial refusal still withholds part
 of a harmless answer), with full and partial refusal also given apart. Every rate has a 95 %
@@ -49,17 +62,17 @@ from typing import Any
 import pandas as pd
 
 from robalign.bench.harmful_data import SAFE, UNSAFE, HarmfulSet, load_harmful_set
-from robalign.bench.run import open_run
+from robalign.bench.judging import _judge_chunks
+from robalign.bench.run import CostMeter, Estimate, estimate_cost, open_run
 from robalign.errors import UserError
 from robalign.evaluation.backends import build_backend, spec_label
-from robalign.evaluation.cache import CachedBackend
+from robalign.evaluation.cache import CachedBackend, RunSummary, cache_key
 from robalign.evaluation.generation import generation_requests
 from robalign.evaluation.judges import (
     JudgeItem,
     KeywordJudge,
     LLMJudge,
     build_judge,
-    judge_answers,
     judge_label,
     same_family,
 )
@@ -76,6 +89,7 @@ REFUSAL_CLASSES = {"R": "refusal", "NR": "compliance", "C": "compliance", "P": "
 PROXY_NOTE = ("no safety judge: --judge keyword counts an answer as unsafe when it does not refuse, so the ASR is the "
               "non-refusal rate, a proxy for harm (a refusal that goes on to comply counts as safe, and a harmless "
               "non-refusal as unsafe); use --judge llm:<spec>#llama-guard, #md-judge or #harmbench for harmfulness")
+PHASES = ("model answers", "refusal judge", "safety judge")  # keys of the cost plan, in run order
 TWO_WAY_NOTE = ("the refusal judge is two-way (refusal / no refusal): partial refusals are not told apart; "
                 "--refusal-judge llm:<model spec>#compliance (C / R / P) separates them")
 
@@ -97,9 +111,11 @@ class HarmfulConfig:
     cache: str | None = None
     no_cache: bool = False
     restart: bool = False
+    max_cost: float | None = None  # USD; stop (resumably) before passing it. Not an argument of the run
 
     def arguments(self, data: HarmfulSet) -> dict[str, Any]:
-        """What decides the numbers (stored in run.json; redacted): not the cache, --out or --restart."""
+        """What decides the numbers (stored in run.json; redacted): not the cache, --out, --restart,
+        --max-cost or --dry-run (a cap or a dry run does not change an answer)."""
         keys = ("dataset", "model", "judge", "refusal_judge", "limit", "max_new_tokens", "options", "judge_options")
         return redact_value({**{k: getattr(self, k) for k in keys}, "data_fingerprint": data.fingerprint()})
 
@@ -200,15 +216,18 @@ def build_judges(cfg: HarmfulConfig, cache) -> tuple[Any, Any, bool]:
     return safety, refusal, False
 
 
-def apply_judge(judge, rows: pd.DataFrame, mask: pd.Series, column: str) -> pd.DataFrame:
+def apply_judge(judge, rows: pd.DataFrame, mask: pd.Series, column: str, meter: CostMeter | None = None,
+                phase: str = "") -> pd.DataFrame:
     """Columns ``<column>`` (verdict), ``_raw``, ``_prompt`` (the exact judge request),
     ``_template`` (version) and ``_decoding`` (JSON) for every row: the judge's verdict on
     ``mask`` rows, FAILED without a call where their generation failed
-    (``judges.judge_answers``), "" elsewhere."""
+    (``judges.judge_answers``), "" elsewhere. Judged in chunks, ``meter`` checking the cost cap
+    before each (``bench.judging``)."""
     picked = [i for i, m in enumerate(mask) if m]
     items = [JudgeItem(rows["prompt"].iloc[i], rows["response"].iloc[i]) for i in picked]
     answered = [rows["status"].iloc[i] == STATUS_ANSWERED for i in picked]
-    verdicts = judge_answers(judge, items, answered)
+    phase = phase or f"{column} judge"
+    verdicts = _judge_chunks(judge, items, answered, meter or CostMeter(), phase, phase)
     out = {key: [""] * len(rows) for key in ("", "_raw", "_prompt", "_template", "_decoding")}
     for i, v in zip(picked, verdicts):
         values = (v.label, v.raw, v.prompt, v.template, json.dumps(v.decoding, sort_keys=True) if v.decoding else "")
@@ -217,26 +236,101 @@ def apply_judge(judge, rows: pd.DataFrame, mask: pd.Series, column: str) -> pd.D
     return rows.assign(**{column + key: values for key, values in out.items()})
 
 
+# ---- cost before spending -----------------------------------------------------------------------------
+
+
+def cached_answers(model: CachedBackend, requests: list) -> list[str | None]:
+    """The text of each request's answer when the cache holds it, else None; sends nothing."""
+    if model.cache is None:
+        return [None] * len(requests)
+    identity = model.identity()
+    keys = [cache_key(identity, r) for r in requests]
+    found = model.cache.get_many(keys)
+    return [found[k].text if k in found else None for k in keys]
+
+
+def judge_estimate(judge, prompts: list[str], answers: list[str | None], max_new_tokens: int) -> Estimate:
+    """A judge's calls on these answers: exact (and free when cached) for a known answer; for an
+    unknown one, as if it were judged and ``max_new_tokens`` long (4 characters a token, the
+    rule ``estimate_cost`` counts with). A keyword judge makes no calls."""
+    if not isinstance(judge, LLMJudge):
+        return Estimate()
+    known = [JudgeItem(p, a) for p, a in zip(prompts, answers) if a is not None]
+    filler = "x" * (4 * max_new_tokens)
+    unknown = [JudgeItem(p, filler) for p, a in zip(prompts, answers) if a is None]
+    return (estimate_cost(judge.backend, judge.requests(known))
+            + estimate_cost(judge.backend, judge.requests(unknown), check_cache=False))
+
+
+def plan(rows: pd.DataFrame, requests: list, model: CachedBackend, refusal_judge, safety_judge,
+         max_new_tokens: int) -> dict[str, Any]:
+    """Calls, tokens and USD per phase (``PHASES``) before anything is sent (module doc).
+    ``upper_bound``: some judge calls are counted on answers that do not exist yet."""
+    answers = cached_answers(model, requests)
+    unsafe = list(rows["label"] == UNSAFE)
+    prompts = list(rows["prompt"])
+    estimates = {
+        PHASES[0]: estimate_cost(model, requests),
+        PHASES[1]: judge_estimate(refusal_judge, prompts, answers, max_new_tokens),
+        PHASES[2]: judge_estimate(safety_judge, [p for p, u in zip(prompts, unsafe) if u],
+                                  [a for a, u in zip(answers, unsafe) if u], max_new_tokens),
+    }
+    missing = {PHASES[0]: False, PHASES[1]: None in answers,
+               PHASES[2]: any(a is None for a, u in zip(answers, unsafe) if u)}
+    by = {PHASES[0]: model.summary.model, PHASES[1]: refusal_judge.name, PHASES[2]: safety_judge.name}
+    phases = {k: {**e.to_dict(), "by": by[k], "upper_bound": missing[k] and e.calls > 0} for k, e in estimates.items()}
+    total = sum(estimates.values(), Estimate())
+    return {"phases": phases, "total": {**total.to_dict(), "upper_bound": any(p["upper_bound"] for p in phases.values())}}
+
+
+def actual_costs(meter: CostMeter, model: CachedBackend, refusal_judge, safety_judge) -> dict[str, Any]:
+    """What this invocation sent, per phase, in the plan's keys (calls made, cache hits, tokens
+    the API reported, USD)."""
+    phases = {}
+    for name, backend in zip(PHASES, (model, getattr(refusal_judge, "backend", None),
+                                      getattr(safety_judge, "backend", None))):
+        s = backend.summary if backend is not None else RunSummary()  # a keyword judge: no calls
+        phases[name] = {"requests": s.requests, "cached": s.cache_hits, "calls": s.cache_misses,
+                        "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+                        "usd": round(s.cost_usd, 6)}
+    return {"phases": phases, "usd": round(meter.spent(), 6)}
+
+
+def _setup(cfg: HarmfulConfig):
+    """Data, run table, answer requests, model and judges: everything but the run directory."""
+    data = load_harmful_set(cfg.dataset, cfg.data_root, cfg.limit)
+    cache = open_cache(cfg.no_cache, cfg.cache)
+    safety_judge, refusal_judge, proxy = build_judges(cfg, cache)  # spec errors before anything is written
+    model = CachedBackend(build_backend(cfg.model, **cfg.options), cache, label=spec_label(cfg.model))
+    rows = data.frame()
+    requests = generation_requests(list(rows["prompt"]), None, 1, cfg.max_new_tokens, 0.0, 1.0, 0)
+    return data, rows, requests, model, safety_judge, refusal_judge, proxy
+
+
+def plan_harmful(cfg: HarmfulConfig) -> dict[str, Any]:
+    """``--dry-run``: the cost plan of ``cfg``; sends nothing and writes nothing."""
+    _, rows, requests, model, safety_judge, refusal_judge, _ = _setup(cfg)
+    return plan(rows, requests, model, refusal_judge, safety_judge, cfg.max_new_tokens)
+
+
 # ---- the workflow ------------------------------------------------------------------------------------
 
 
 def run_harmful(cfg: HarmfulConfig) -> HarmfulResult:
     start = time.perf_counter()
-    data = load_harmful_set(cfg.dataset, cfg.data_root, cfg.limit)
+    data, rows, requests, model, safety_judge, refusal_judge, proxy = _setup(cfg)
     record = run_record(argparse.Namespace(**asdict(cfg)), redact=redact_value)
-    cache = open_cache(cfg.no_cache, cfg.cache)
-    safety_judge, refusal_judge, proxy = build_judges(cfg, cache)  # spec errors before anything is written
-    model = CachedBackend(build_backend(cfg.model, **cfg.options), cache, label=spec_label(cfg.model))
     run_dir = open_run(cfg.out, KIND, cfg.arguments(data), record, cfg.restart).path
+    estimate = plan(rows, requests, model, refusal_judge, safety_judge, cfg.max_new_tokens)
+    meter = CostMeter(cfg.max_cost, [j for j in (model, getattr(refusal_judge, "backend", None),
+                                                 getattr(safety_judge, "backend", None)) if j is not None])
 
-    rows = data.frame()
-    requests = generation_requests(list(rows["prompt"]), None, 1, cfg.max_new_tokens, 0.0, 1.0, 0)
-    responses = model.generate(requests)
+    responses = meter.generate(model, requests, PHASES[0])
     for column in ("text", "status", "reason", "finish_reason", "cached"):
         rows["response" if column == "text" else column] = [getattr(r, column) for r in responses]
 
-    rows = apply_judge(refusal_judge, rows, pd.Series(True, index=rows.index), "refusal")
-    rows = apply_judge(safety_judge, rows, rows["label"] == UNSAFE, "safety")
+    rows = apply_judge(refusal_judge, rows, pd.Series(True, index=rows.index), "refusal", meter, PHASES[1])
+    rows = apply_judge(safety_judge, rows, rows["label"] == UNSAFE, "safety", meter, PHASES[2])
     if proxy:  # the keyword judge: unsafe = did not refuse
         rows["safety"] = [{"R": SAFE, "NR": UNSAFE}.get(v, v) for v in rows["safety"]]
         rows["safety_raw"] = ["keyword proxy: " + r if r else "" for r in rows["safety_raw"]]
@@ -252,6 +346,7 @@ def run_harmful(cfg: HarmfulConfig) -> HarmfulResult:
         "calls": {name: j.summary.to_dict() for name, j in (("model", model), ("safety_judge", safety_judge),
                                                             ("refusal_judge", refusal_judge))
                   if getattr(j, "summary", None) is not None},
+        "costs": {"estimate": estimate, "actual": actual_costs(meter, model, refusal_judge, safety_judge)},
         "notes": _notes(cfg, data, proxy, safety_judge, refusal_judge),
         "run": record,
         "wall_s": round(time.perf_counter() - start, 3),
@@ -310,6 +405,25 @@ def _bar(r: dict[str, Any], ok: bool) -> str:
             f'<div class="ci" style="left:{100 * low:.1f}%;width:{100 * (high - low):.1f}%"></div></div>')
 
 
+def _cost_table(costs: dict[str, Any]) -> str:
+    """Estimate (before sending) beside actual (what this invocation sent) per phase."""
+    est, act = costs["estimate"], costs["actual"]
+    out = ["<h2>Cost: estimate / actual</h2><p>Both for this invocation: the estimate was made before it sent "
+           "anything, with cached answers free; prompt tokens at 4 characters a token, answers at their token limit "
+           "(an upper bound), and judge calls on answers not yet made counted as if every answer were judged. "
+           "Actual tokens are what the API reported.</p><table><tr><th>phase</th><th>by</th><th>calls</th>"
+           "<th>cached</th><th>tokens in</th><th>tokens out</th><th>USD</th></tr>"]
+    for phase, e in est["phases"].items():
+        a = act["phases"].get(phase, {})
+        cells = "".join(f"<td>{e[k]:{f}} / {a.get(k, 0):{f}}</td>" for k, f in (
+            ("calls", "d"), ("cached", "d"), ("prompt_tokens", "d"), ("completion_tokens", "d"), ("usd", ".4f")))
+        bound = " (upper bound)" if e.get("upper_bound") else ""
+        out.append(f"<tr><td>{html.escape(phase + bound)}</td><td>{html.escape(str(e.get('by', '')))}</td>{cells}</tr>")
+    out.append(f"<tr><th colspan=6>total (estimate / actual)</th><th>{est['total']['usd']:.4f} / {act['usd']:.4f}"
+               "</th></tr></table>")
+    return "".join(out)
+
+
 def render_report(summary: dict[str, Any], rows: pd.DataFrame) -> str:
     e = html.escape
     d, j = summary["dataset"], summary["judge"]
@@ -346,6 +460,8 @@ def render_report(summary: dict[str, Any], rows: pd.DataFrame) -> str:
                      "<th>safe</th><th>unsafe</th></tr>" + "".join(
                          f"<tr><td>{e(kind)}</td><td>{c['safe']}</td><td>{c['unsafe']}</td></tr>"
                          for kind, c in cross.items() if j["three_way"] or kind != "partial") + "</table>")
+    if "costs" in summary:
+        parts.append(_cost_table(summary["costs"]))
     for section, key, title, ok in (("harmful", "asr", "Attack success rate by category", False),
                                     ("over_refusal", "over_refusal", "Over-refusal by category", True)):
         if section in summary:

@@ -8,7 +8,9 @@
 Sets: advbench, harmbench (harmbench:test, harmbench:val), jbb, jbb:benign, donotanswer,
 xstest, or a CSV / JSONL / Parquet file with a 'prompt' column. Writes RUN/responses.jsonl,
 RUN/summary.json and RUN/report.html; a re-run with the same arguments makes no repeated
-model or judge calls. Usage: docs/bench-harmful.md.
+model or judge calls. ``--dry-run`` prints the calls, tokens and cost per phase and sends
+nothing; ``--max-cost USD`` stops (resumably) before the spend would pass the cap.
+Usage: docs/bench-harmful.md.
 """
 
 from __future__ import annotations
@@ -37,18 +39,26 @@ def add_arguments(p) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the response cache (no resume)")
     p.add_argument("--restart", action="store_true",
                    help="start RUN over even if it was made with other arguments (cached answers are reused)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print calls, cached calls, tokens and cost per phase (from -o price_in / price_out); send nothing")
+    p.add_argument("--max-cost", type=float, default=None, metavar="USD",
+                   help="stop before the spend would pass USD (exit 2); the same command with a higher cap continues")
 
 
 def run(args) -> int:
-    from robalign.bench.harmful import HarmfulConfig, run_harmful
+    from robalign.bench.harmful import HarmfulConfig, plan_harmful, run_harmful
     from robalign.evaluation.options import parse_options
 
     cfg = HarmfulConfig(
         dataset=args.dataset, model=args.model, out=args.out, judge=args.judge, refusal_judge=args.refusal_judge,
         limit=args.limit, max_new_tokens=args.max_new_tokens, options=parse_options(args.option),
         judge_options=parse_options(args.judge_option), data_root=args.data_root, cache=args.cache,
-        no_cache=args.no_cache, restart=args.restart,
+        no_cache=args.no_cache, restart=args.restart, max_cost=args.max_cost,
     )
+    if args.dry_run:
+        print_plan(plan_harmful(cfg))
+        print("dry run: nothing was sent")
+        return 0
     result = run_harmful(cfg)
     summary = result.summary
     for calls in summary["calls"].values():
@@ -58,8 +68,18 @@ def run(args) -> int:
         print(line)
     for note in summary["notes"]:
         print(f"note: {note}")
+    costs = summary["costs"]
+    print(f"cost: {costs['actual']['usd']:.4f} USD (estimated {costs['estimate']['total']['usd']:.4f})")
     print(f"wrote {result.run_dir}/responses.jsonl, summary.json and report.html")
     return 1 if result.failed else 0
+
+
+def print_plan(plan: dict) -> None:
+    print(f"{'phase':30} {'calls':>7} {'cached':>7} {'tokens in':>10} {'tokens out':>10} {'USD':>9}  by")
+    for name, e in [*plan["phases"].items(), ("total", plan["total"])]:
+        shown = name + (" (upper bound)" if e["upper_bound"] else "")
+        print(f"{shown:30} {e['calls']:7d} {e['cached']:7d} {e['prompt_tokens']:10d} {e['completion_tokens']:10d} "
+              f"{e['usd']:9.4f}  {e.get('by', '')}")
 
 
 def _rate_lines(summary: dict) -> list[str]:
