@@ -33,6 +33,10 @@ class ConfigError(UserError, ValueError):
 # --------------------------------------------------------------------------------------------
 
 
+# data.noise_mode -> the stage that applies it (robalign.data.noise describes each mode)
+NOISE_MODES = {"flip": "train", "reward_labels": "train-reward", "soft_flip": "soft-labels",
+               "margin_gaussian": "soft-labels"}
+
 # weight dtypes that cannot be master weights (robalign.models.loading.DTYPES spells them all)
 LOW_PRECISION_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
 
@@ -71,8 +75,15 @@ class DataConfig:
     max_prompt_length: int = 128
     long_prompt: str = "truncate"  # truncate (keep the end) | skip | error
     prompt_format: str = "auto"  # auto (chat template if the tokenizer has one, else hh) | chat_template | hh | safe_rlhf | plain
-    noise_rate: float = 0.0  # fraction of training pairs whose chosen/rejected are swapped
-    noise_seed: int = 0
+    # Label noise on TRAINING pairs only (never the eval split); docs/methods.md#label-noise.
+    # noise_mode: where it acts (NOISE_MODES). flip swaps chosen/rejected here in the trainer
+    # (q -> 1 - q too, so it cancels exactly under the soft loss); reward_labels, soft_flip and
+    # margin_gaussian act upstream (`robalign train-reward --noise-rate`, `robalign soft-labels
+    # --noise-mode`) and this run only records them.
+    noise_mode: str = "flip"
+    noise_rate: float = 0.0  # fraction of training pairs the mode touches: exactly round(rate * n), seeded
+    noise_seed: int = 0  # the same seed touches the same pairs in every mode
+    noise_std: float = 1.0  # margin_gaussian: std of ξ in Δr + ξ (Δr's units; std(Δr) units with --standardize)
 
 
 @dataclass
@@ -268,6 +279,13 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"loss.label_smoothing must lie in [0, 0.5], got {config.loss.label_smoothing}")
     if not 0.0 <= config.data.noise_rate <= 1.0:
         raise ConfigError(f"data.noise_rate must lie in [0, 1], got {config.data.noise_rate}")
+    if config.data.noise_mode not in NOISE_MODES:
+        close = difflib.get_close_matches(config.data.noise_mode, list(NOISE_MODES), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"data.noise_mode: unknown mode '{config.data.noise_mode}'.{hint} "
+                          f"Known: {', '.join(NOISE_MODES)} (docs/methods.md#label-noise)")
+    if not (config.data.noise_std >= 0 and config.data.noise_std < float("inf")):
+        raise ConfigError(f"data.noise_std must be a finite number >= 0, got {config.data.noise_std}")
     if config.data.on_invalid not in ("error", "skip"):
         raise ConfigError(f"data.on_invalid must be error or skip, got '{config.data.on_invalid}'")
     if config.data.prompt_format not in ("auto", "chat_template", "hh", "safe_rlhf", "plain"):

@@ -11,18 +11,25 @@ only ``train-reward`` gives a causal LM a fresh scalar head. Trained with the Br
 where o is the model's output: a cost model scores harm, so the rejected (less safe) response
 should get the higher output. Soft labels (DESIGN.md §1): q = σ(β_r·Δr), Δr = r(y_w) − r(y_l),
 r = −cost for a cost model, optionally with Δr divided by its standard deviation over the data.
+
+Label noise that reaches q (``robalign.data.noise``): ``train_reward_model`` learns from whatever
+pairs it is given, so flipping some of them first (``reward_labels``) gives a reward model whose
+q inherit the noise; ``noisy_soft_labels`` adds ``soft_flip`` (q → 1 − q, pair kept) or
+``margin_gaussian`` (Δr + ξ before σ) on the training positions only.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from robalign.data.noise import margin_noise, noisy_indices
 from robalign.data.preference import PreferencePair
 from robalign.data.tokenize import TokenizedPair, TokenizeResult, collate_pairs, tokenize_pairs
 from robalign.errors import UserError
@@ -153,12 +160,14 @@ def reward_margins(model, pairs: list[TokenizedPair], pad_token_id: int, kind: s
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def soft_labels(margins: torch.Tensor, beta_r: float = 1.0, standardize: bool = False) -> torch.Tensor:
-    """q = σ(β_r·Δr), (N,) from (N,) reward margins.
+def soft_labels(margins: torch.Tensor, beta_r: float = 1.0, standardize: bool = False,
+                margin_offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """q = σ(β_r·(Δr + ξ)), (N,) float64 from (N,) reward margins.
 
-    standardize: use Δr / std(Δr) (std over the data set), so β_r means the same for any reward
-    scale. Δr is not centred: centring would move pairs across q = 0.5 and change which response
-    the label prefers.
+    standardize: use Δr / std(Δr) (std over the data set, of the clean margins), so β_r means the
+    same for any reward scale. Δr is not centred: centring would move pairs across q = 0.5 and
+    change which response the label prefers. margin_offsets: (N,) ξ added after standardising
+    (``margin_gaussian`` noise; None = 0).
     """
     if not beta_r > 0:
         raise UserError(f"--beta-r must be > 0, got {beta_r} (the ShaPO paper compares 0.1, 1 and 10)")
@@ -168,4 +177,55 @@ def soft_labels(margins: torch.Tensor, beta_r: float = 1.0, standardize: bool = 
         if not std > 0:
             raise UserError("--standardize: the reward margins have zero spread (one pair, or a constant model)")
         margins = margins / std
+    if margin_offsets is not None:
+        margins = margins + margin_offsets.double()
     return torch.sigmoid(beta_r * margins)
+
+
+class NoisySoftLabels(NamedTuple):
+    soft_labels: torch.Tensor  # (N,) float64 q with the noise, the column the trainer reads
+    clean_soft_labels: torch.Tensor  # (N,) float64 q without it
+    margin_offsets: torch.Tensor  # (N,) float64 ξ added to Δr (margin_gaussian); zeros otherwise
+    noised: list[int]  # positions the noise touched, ascending
+
+
+SOFT_LABEL_NOISE_MODES = ("soft_flip", "margin_gaussian")  # the modes `soft-labels` applies
+
+
+def noisy_soft_labels(margins: torch.Tensor, beta_r: float, standardize: bool, mode: str | None, rate: float,
+                      seed: int, std: float = 1.0, eligible: Sequence[int] | None = None) -> NoisySoftLabels:
+    """Soft labels with ``soft_flip`` or ``margin_gaussian`` noise on ``eligible`` positions only.
+
+    eligible: positions of the TRAINING pairs (``robalign.data.noise.training_positions``); None =
+    all. The noise touches ``round(rate * len(eligible))`` of them: position eligible[j] for each j
+    in ``noisy_indices(len(eligible), rate, seed)``, the pairs a ``flip`` with the same seed would
+    swap in a trainer that holds out the same pairs.
+
+    * soft_flip: q_i → 1 − q_i (computed in float64; the pair is not swapped).
+    * margin_gaussian: q_i = σ(β_r·(Δr_i + ξ_i)), ξ_i ~ N(0, std²) (``margin_noise``), Δr_i after
+      --standardize when it is on (whose std is that of the clean margins).
+    mode None or rate 0 is the identity: soft_labels == clean_soft_labels bit for bit.
+    """
+    if mode is not None and mode not in SOFT_LABEL_NOISE_MODES:
+        raise UserError(f"noise mode '{mode}' does not act on soft labels; soft-labels applies "
+                        f"{' or '.join(SOFT_LABEL_NOISE_MODES)} (flip acts in `robalign train`, reward_labels in "
+                        "`robalign train-reward --noise-rate`)")
+    n = margins.numel()
+    eligible = list(range(n)) if eligible is None else list(eligible)
+    clean = soft_labels(margins, beta_r, standardize)
+    offsets = torch.zeros(n, dtype=torch.float64)
+    if mode is None:
+        return NoisySoftLabels(clean, clean, offsets, [])
+    try:
+        if mode == "soft_flip":
+            noised = sorted(eligible[j] for j in noisy_indices(len(eligible), rate, seed))
+            q = clean.clone()
+            q[noised] = 1.0 - clean[noised]
+            return NoisySoftLabels(q, clean, offsets, noised)
+        drawn = margin_noise(len(eligible), rate, std, seed)
+    except ValueError as exc:
+        raise UserError(f"--noise-rate / --noise-std: {exc}") from None
+    for j in drawn.indices:
+        offsets[eligible[j]] = drawn.offsets[j]
+    noised = sorted(eligible[j] for j in drawn.indices)
+    return NoisySoftLabels(soft_labels(margins, beta_r, standardize, offsets), clean, offsets, noised)
