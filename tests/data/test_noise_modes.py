@@ -318,6 +318,8 @@ def test_every_acting_mode_changes_the_trained_model_and_the_flip_does_not(tmp_p
     rl = [json.loads(x)["soft_label"] for x in files["reward_labels"].read_text().splitlines()]
     assert max(abs(a["soft_label"] - b) for a, b in zip(clean_rows, rl)) > 0.01
     assert files["reward_labels/summary"]["reward_model_noise"]["mode"] == "reward_labels"
+    # and less sure of the clean preference (measured on 200 pairs: mean q 0.95 clean, 0.74 at rate 0.25)
+    assert files["reward_labels/summary"]["mean_soft_label"] < files["clean/summary"]["mean_soft_label"] - 0.05
 
     base = load_file(nano_llama / "model.safetensors")
     clean, clean_losses, _ = _train(tmp_path, "run_clean", nano_llama, files["clean"])
