@@ -270,7 +270,8 @@ def reward_models(tmp_path_factory, nano_llama):
     root = tmp_path_factory.mktemp("noise_rm")
     common = ["--model", str(nano_llama), "--data", "synthetic:120", "--lr", "5e-4", "--eval-fraction", "0.25"]
     assert main(["train-reward", *common, "--out", str(root / "clean")]) == 0
-    assert main(["train-reward", *common, "--noise-rate", "0.25", "--noise-seed", "3", "--out", str(root / "noisy")]) == 0
+    noisy = ["--noise-rate", "0.25", "--noise-seed", "3"]
+    assert main(["train-reward", *common, *noisy, "--out", str(root / "noisy")]) == 0
     return root / "clean", root / "noisy"
 
 
@@ -334,6 +335,22 @@ def test_every_acting_mode_changes_the_trained_model_and_the_flip_does_not(tmp_p
     assert diffs["flip"] <= FLIP_TOLERANCE, (diffs, moved)
     assert flip_losses == pytest.approx(clean_losses, abs=FLIP_TOLERANCE)
     assert all(diffs[m] > ACTS for m in ("reward_labels", "soft_flip", "margin_gaussian")), (diffs, moved)
+
+
+def test_cli_soft_flip_spares_the_trainers_default_hold_out(tmp_path, reward_models, capsys):
+    """Default --eval-fraction 0.1 / --split-seed 0 = data.eval_fraction / training.seed defaults."""
+    out = tmp_path / "sflip_all.jsonl"
+    capsys.readouterr()
+    assert main(["soft-labels", "--reward-model", str(reward_models[0]), "--data", "synthetic:40", "--out", str(out),
+                 "--noise-mode", "soft_flip", "--noise-rate", "1.0"]) == 0
+    noise = json.loads(capsys.readouterr().out)["noise"]
+    train_side, held = split_holdout(synthetic_pairs(40), 0.1, 0)  # the trainer's split of this file
+    assert noise["noised_ids"] == [p.id for p in train_side] and noise["training_pairs"] == len(train_side)
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    for p in held:
+        assert not rows[p.id]["noised"] and rows[p.id]["soft_label"] == rows[p.id]["clean_soft_label"]
+    for p in train_side:
+        assert rows[p.id]["soft_label"] == pytest.approx(1 - rows[p.id]["clean_soft_label"], abs=1e-12)
 
 
 def test_cli_refuses_noise_it_does_not_apply(tmp_path, capsys):
