@@ -212,7 +212,8 @@ def test_main_bench_harmful(http_run):
 
 
 def test_report_escapes_every_text():
-    from robalign.bench.harmful import render_report, summarise
+    from robalign.bench.harmful import summarise
+    from robalign.bench.harmful_report import render_report
 
     hostile = "<script>alert(1)</script>"
     rows = pd.DataFrame({"id": [hostile], "category": [hostile], "label": ["unsafe"], "prompt": [hostile],

@@ -14,6 +14,7 @@ from robalign.evaluation.agreement import agreement
 from robalign.evaluation.agreement_table import alpha_between_judges, table_agreement
 from robalign.evaluation.backends import GenerationRequest
 from robalign.evaluation.cache import CachedBackend, ResponseCache, cache_key
+from robalign.evaluation.families import same_family
 from robalign.evaluation.judges import (
     NOT_JUDGED,
     JudgeItem,
@@ -22,7 +23,6 @@ from robalign.evaluation.judges import (
     build_judge,
     judge_answers,
     majority,
-    same_family,
     sample_disagreement,
 )
 from robalign.evaluation.judging import judge_frame, verdict_counts

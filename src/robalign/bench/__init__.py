@@ -13,6 +13,7 @@
 | clearbias   | the CLEAR-Bias protocol loop                                                     |
 | harmful_data| harmful-prompt sets: AdvBench, HarmBench, JBB, Do-Not-Answer, XSTest, any table  |
 | harmful     | attack success rate, refusal and harmfulness apart, XSTest over-refusal          |
+| harmful_report | the self-contained report of ``bench harmful``                                |
 
 Nothing here imports ``robalign.training``.
 """

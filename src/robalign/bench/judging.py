@@ -27,7 +27,8 @@ import pandas as pd
 
 from robalign.bench.run import CostMeter, Estimate, estimate_cost
 from robalign.errors import UserError
-from robalign.evaluation.cache import CachedBackend, ResponseCache
+from robalign.evaluation.cache import CachedBackend, ResponseCache, cache_key
+from robalign.evaluation.families import same_family
 from robalign.evaluation.judges import (
     JudgeItem,
     LLMJudge,
@@ -36,7 +37,6 @@ from robalign.evaluation.judges import (
     judge_answers,
     judge_label,
     parse_judge_spec,
-    same_family,
     sample_disagreement,
 )
 
@@ -139,7 +139,7 @@ def items_for(rows: pd.DataFrame) -> list[JudgeItem]:
                 rows["base_prompt"], rows["phase"], rows["attack"])]
 
 
-def _judge_chunks(judge, items: list[JudgeItem], answered: list[bool], meter: CostMeter, phase: str,
+def judge_chunks(judge, items: list[JudgeItem], answered: list[bool], meter: CostMeter, phase: str,
                   desc: str) -> list[Verdict]:
     """``judge_answers`` in chunks (FAILED for unanswered items, never sent), checking the cost
     cap before each chunk."""
@@ -159,7 +159,7 @@ def _judge_chunks(judge, items: list[JudgeItem], answered: list[bool], meter: Co
 def judge_rows(rows: pd.DataFrame, setup: JudgeSetup, meter: CostMeter, phase: str) -> pd.DataFrame:
     """``rows`` plus verdict, judge_raw, judge_prompt, judge_template, judge_decoding, judge_votes,
     and empty second-pass columns; failed generations are FAILED without a judge call."""
-    verdicts = _judge_chunks(setup.judge, items_for(rows), [s == "answered" for s in rows["status"]], meter, phase,
+    verdicts = judge_chunks(setup.judge, items_for(rows), [s == "answered" for s in rows["status"]], meter, phase,
                              f"{phase}: judge")
     setup.verdicts += verdicts
     out = rows.copy()
@@ -179,7 +179,7 @@ def misunderstanding_rows(rows: pd.DataFrame, setup: JudgeSetup, meter: CostMete
         return rows
     items = items_for(rows)
     refusals = [i for i, v in enumerate(rows["verdict"]) if v == "R"]
-    verdicts = _judge_chunks(setup.second, [items[i] for i in refusals], [True] * len(refusals), meter, "attack",
+    verdicts = judge_chunks(setup.second, [items[i] for i in refusals], [True] * len(refusals), meter, "attack",
                              "attack: R vs M")
     out = rows.copy()
     rm, rm_raw = list(out["rm"]), list(out["rm_raw"])
@@ -257,3 +257,26 @@ def _kappa_on_control(setup: JudgeSetup, control: Path, cfg) -> dict[str, Any]:
     return {"kappa": stats["kappa"]["kappa"], "kappa_ci": stats["ci"].get("kappa"),
             "kappa_source": f"computed in this run on {control} ({len(df)} rows)",
             "control_accuracy": stats["accuracy"]}
+
+
+def cached_answers(model: CachedBackend, requests: list) -> list[str | None]:
+    """The text of each request's answer when the cache holds it, else None; sends nothing."""
+    if model.cache is None:
+        return [None] * len(requests)
+    identity = model.identity()
+    keys = [cache_key(identity, r) for r in requests]
+    found = model.cache.get_many(keys)
+    return [found[k].text if k in found else None for k in keys]
+
+
+def judge_estimate(judge, prompts: list[str], answers: list[str | None], max_new_tokens: int) -> Estimate:
+    """A judge's calls on these answers: exact (and free when cached) for a known answer; for an
+    unknown one, as if it were judged and ``max_new_tokens`` long (4 characters a token, the
+    rule ``estimate_cost`` counts with). A keyword judge makes no calls."""
+    if not isinstance(judge, LLMJudge):
+        return Estimate()
+    known = [JudgeItem(p, a) for p, a in zip(prompts, answers) if a is not None]
+    filler = "x" * (4 * max_new_tokens)
+    unknown = [JudgeItem(p, filler) for p, a in zip(prompts, answers) if a is None]
+    return (estimate_cost(judge.backend, judge.requests(known))
+            + estimate_cost(judge.backend, judge.requests(unknown), check_cache=False))

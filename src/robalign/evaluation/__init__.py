@@ -13,6 +13,7 @@
 | templates/parsers | judge templates (our own words), delimiter neutralising, verdict parsers |
 | rules             | keyword refusal detection and the CTO / SC option parser                 |
 | judges            | judge protocol, rule / keyword / LLM judges, k-sample majority, specs    |
+| families          | is the judge the model under test or of its family (name heuristics)     |
 | agreement         | accuracy, Cohen's kappa (SE, z, p), macro-F1, Krippendorff's alpha, CIs  |
 | agreement_table   | which cells of a table count: gold cleaning, alpha between judges        |
 | tables            | CSV / TSV / JSONL / Parquet in and out (exact round trip), control set   |
