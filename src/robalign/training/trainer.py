@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robalign.config import TrainConfig, dump_yaml, to_dict
-from robalign.data.noise import flip_labels
+from robalign.data.noise import apply_training_noise
 from robalign.data.preference import DataError, data_fingerprint, load_pairs, split_holdout
 from robalign.data.tokenize import collate_pairs, tokenize_pairs
 from robalign.errors import UserError
@@ -69,7 +69,7 @@ def prepare_data(config: TrainConfig, tokenizer):
             raise DataError(f"{d.train}: loss 'soft' needs a soft_label for every pair; {len(missing)} lack one "
                             f"(first: '{missing[0]}'). Add the column with `robalign soft-labels`, or map it with "
                             "data.columns={soft_label: <column>}.")
-    noisy = flip_labels(train, d.noise_rate, d.noise_seed)
+    noisy = apply_training_noise(train, d.noise_mode, d.noise_rate, d.noise_seed)  # only `flip` acts here
     kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length, long_prompt=d.long_prompt,
               prompt_format=d.prompt_format)
     tok_train = tokenize_pairs(noisy.pairs, tokenizer, source=d.train, **kw)
@@ -78,7 +78,8 @@ def prepare_data(config: TrainConfig, tokenizer):
         raise DataError(f"{d.train}: no training pairs left after length filtering (data.long_prompt=skip?)")
     info = {"train_pairs": len(tok_train.pairs), "eval_pairs": len(tok_eval.pairs),
             "train_fingerprint": data_fingerprint(noisy.pairs), "eval_fingerprint": data_fingerprint(eval_pairs),
-            "noise_rate": d.noise_rate, "flipped_ids": noisy.flipped_ids,
+            "noise_mode": d.noise_mode, "noise_rate": d.noise_rate, "noise_seed": d.noise_seed,
+            "noise_std": d.noise_std, "flipped_ids": noisy.flipped_ids,
             "skipped_ids": tok_train.skipped_ids + tok_eval.skipped_ids, "invalid_rows_skipped": invalid,
             "truncated_pairs": tok_train.truncated + tok_eval.truncated}
     return tok_train.pairs, tok_eval.pairs, info
