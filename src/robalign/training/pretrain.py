@@ -1,0 +1,638 @@
+"""Soft-label pre-training: a tiny Llama-style model trained from scratch, as a causal LM, on a
+synthetic world's corpus (``DIR/corpus/train.jsonl``), so that its answers to the world's
+prompts follow the soft labels the corpus was drawn from. Reads the world directory's files;
+never imports ``robalign.world`` (DESIGN.md §4), nor ``robalign.evaluation``.
+
+Tokenizer. ``models.tiny.build_tokenizer`` trained offline on its usual texts (stdlib docs for
+a varied vocabulary) plus every distinct turn of the corpus, so the world's words are whole
+tokens. It is built once, saved in every checkpoint, and read back from there on resume.
+
+Rendering. A row's prompt is its turns before the last, rendered by the tokenizer's chat
+template with ``add_generation_prompt=True`` and tokenised with no special tokens added: the
+ids the hf generation backend feeds the model at answer time (``hf_backend.prompt_token_ids``).
+The answer is the last (assistant) turn's text followed by EOS (``<|end|>``), the token that
+ends generation; the template's newline after it is never generated, so it is not trained.
+
+Loss on the answer tokens only. The soft label is a distribution over answers *given* the
+prompt; the prompt carries no label, and a model that also learned to write the world's
+prompts would spend a ~1M-parameter model's capacity on them (prompts are most of a row's
+tokens, ~60-80 %). It also makes the loss readable: its floor is the conditional entropy of
+the answers, set by the soft labels, not by the prompt templates. The LM head runs on the
+answer positions only, which halves a nano step (its 96 x 4096 head costs as much as its four
+layers).
+
+Batches. Rows are padded on the right to the longest row of the batch, with no attention mask:
+attention is causal, so no real token ever attends to the pads after it, and SDPA keeps its
+unmasked causal kernel. Packing several rows into one sequence was rejected: without a
+block-diagonal mask an answer would attend to the previous row's answer (independent draws the
+model could learn spurious links between), and on CPU there is no varlen kernel to make the
+block mask cheap. Row order is a seeded permutation per epoch, so a resumed run sees exactly
+the batches an uninterrupted one would.
+
+Optimiser. AdamW (β = 0.9, 0.95; weight decay 0.01), gradient norm clipped at 1.0. The learning
+rate warms up linearly for ``warmup_steps``, then stays constant (default): a checkpoint at step
+N is then the same model whatever ``steps`` the run was given, which is what a duration axis
+needs, and a run can be extended with ``--resume --steps`` more. ``schedule="cosine"`` decays to
+10 % of the peak at ``steps`` instead (its checkpoints depend on ``steps``; resume must keep it).
+
+Checkpoints. ``DIR/models/step_<N>/`` is a ``save_pretrained`` model directory (safetensors,
+tokenizer, chat template) plus ``robalign_pretrain.json`` ({"steps", "path", "tokens", "loss",
+"seconds", "heldout_loss"}); the newest one also keeps ``optimizer.pt`` (AdamW state, removed
+from older ones: it is twice the weights). Written under ``.partial`` and renamed, so a listed
+directory is complete. After every save, ``DIR/world.json``'s ``"checkpoints"`` is rewritten from
+the directories on disk. ``DIR/models/metrics.jsonl`` logs loss, tokens and tokens/s;
+``DIR/models/pretrain.json`` the resolved config and provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from robalign.errors import UserError
+from robalign.provenance import run_record, write_json_atomic
+from robalign.training.metrics_log import MetricsLog
+
+IGNORE = -100  # label of a token outside the loss (prompt tokens, pads)
+CHECKPOINT_INFO = "robalign_pretrain.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    world: str  # the world directory (``robalign world build --out``)
+    steps: int  # optimizer steps to reach (a resumed run continues up to it)
+    save_every: int  # checkpoint every K steps; the last step is always saved
+    size: str = "nano"  # models.tiny.SIZES: nano ~0.8M, micro ~9M parameters
+    seed: int = 0  # weight initialisation and data order
+    batch_size: int = 32  # rows per step
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 20  # linear warm-up from lr / warmup_steps
+    schedule: str = "constant"  # constant | cosine (to 10 % of lr at ``steps``)
+    weight_decay: float = 0.01
+    log_every: int = 10  # metrics.jsonl line every N steps (and at every checkpoint)
+    heldout_rows: int = 256  # rows of corpus/heldout.jsonl scored at each checkpoint (0 = none)
+    device: str | None = None  # cpu | cuda; None = cuda when available
+
+
+# the fields a resumed run must share with the run it continues (steps may grow)
+_SAME_ON_RESUME = ("size", "seed", "batch_size", "lr", "warmup_steps", "schedule", "weight_decay")
+
+
+class Example(NamedTuple):
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens, the token id on answer tokens (incl. the closing EOS)
+
+
+class PretrainResult(NamedTuple):
+    world: Path
+    steps: int
+    checkpoints: list[dict]  # as in world.json
+    final_loss: float
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_corpus(path: str | Path) -> list[dict]:
+    """The rows of a corpus file, each checked to end with an assistant turn after a user turn."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no corpus file; build the world first (robalign world build --out DIR)")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            messages = row["messages"]
+            ok = (len(messages) >= 2 and messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user"
+                  and all(isinstance(m["content"], str) for m in messages))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: line {lineno} is not a corpus row ({exc!r}); expected "
+                            '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}], ...}') from None
+        if not ok:
+            raise UserError(f"{path}: line {lineno}: messages must end with a user turn then an assistant turn")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: the corpus is empty")
+    return rows
+
+
+def corpus_tokenizer(rows: list[dict], vocab_size: int):
+    """The offline BPE tokenizer trained on its usual texts plus every distinct turn of ``rows``."""
+    from robalign.models.tiny import build_tokenizer, tokenizer_corpus
+
+    turns = sorted({m["content"] for row in rows for m in row["messages"]})  # sorted: a reproducible order
+    return build_tokenizer(vocab_size, texts=tokenizer_corpus() + turns)
+
+
+def encode_chat(tokenizer, messages: list[dict], cache: dict | None = None) -> Example:
+    """Prompt ids as the hf backend renders them at answer time, then the answer ids and EOS.
+    ``cache`` (text -> ids) spares re-tokenising the prompts and answers a corpus repeats."""
+    cache = {} if cache is None else cache
+    prompt_key = json.dumps(messages[:-1])
+    if prompt_key not in cache:
+        text = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        cache[prompt_key] = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    answer_key = "\0answer\0" + messages[-1]["content"]
+    if answer_key not in cache:
+        cache[answer_key] = list(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"])
+    prompt, answer = cache[prompt_key], cache[answer_key] + [tokenizer.eos_token_id]
+    return Example(prompt + answer, [IGNORE] * len(prompt) + answer)
+
+
+def encode_corpus(tokenizer, rows: list[dict], source: str, context: int) -> list[Example]:
+    cache: dict = {}  # a default world repeats each of its ~3,900 prompts ~5-20 times
+    examples = [encode_chat(tokenizer, row["messages"], cache) for row in rows]
+    for i, ex in enumerate(examples):
+        if len(ex.input_ids) > context:  # never cut silently: a cut answer teaches a wrong ending
+            raise UserError(f"{source}: row {i + 1} is {len(ex.input_ids)} tokens, over the model's context "
+                            f"of {context}; shorten it in the world config")
+    return examples
+
+
+def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels), both (B, T), right-padded to the longest row (labels IGNORE on pads)."""
+    width = max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        ids[row, : len(ex.input_ids)] = torch.tensor(ex.input_ids)
+        labels[row, : len(ex.labels)] = torch.tensor(ex.labels)
+    return ids, labels
+
+
+class BatchPlan:
+    """Which rows each optimizer step trains on: a pure function of (row lengths, batch size,
+    seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+
+    Per epoch: a seeded permutation, cut into groups of ``GROUP`` batches; within a group rows
+    are sorted by length and cut into batches; the batches are shuffled. Rows of one batch then
+    have similar lengths: on a default world (rows of 30-420 tokens, the obfuscated ones longest)
+    random batches of 32 are ~64 % padding, grouped ones a few per cent. Every row is seen once
+    per epoch; the last batch of an epoch holds the remainder."""
+
+    GROUP = 50  # batches per length-sorted group (the HF Trainer's group_by_length uses 50 too)
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.per_epoch = math.ceil(len(lengths) / batch_size)
+        self._epoch, self._batches = -1, []
+
+    def rows(self, step: int) -> list[int]:
+        """Row indices of 0-based optimizer step ``step``."""
+        epoch, j = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self._plan(epoch)
+        return self._batches[j]
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        span, batches = self.GROUP * self.batch_size, []
+        for start in range(0, len(order), span):
+            group = sorted(order[start : start + span], key=lambda i: -self.lengths[i])  # stable: ties keep order
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+# ---------------------------------------------------------------- maths
+
+
+def answer_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum of −log p(token | prefix) over answer tokens, their count). input_ids, labels: (B, T).
+    Position t predicts token t + 1, so hidden states [:, :-1] are scored against labels [:, 1:];
+    the LM head runs only where the target is an answer token."""
+    hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, H); no mask: right pads
+    targets = labels[:, 1:]
+    keep = targets != IGNORE  # (B, T-1)
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+
+
+def learning_rate(step: int, peak: float, warmup: int, total: int, schedule: str) -> float:
+    """LR of 0-based optimizer step ``step``: linear warm-up to ``peak`` over ``warmup`` steps,
+    then constant, or cosine down to 0.1·peak at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def heldout_loss(model, examples: list[Example], pad_id: int, device, batch_size: int = 64) -> float:
+    """Mean answer-token loss (nats per token) over ``examples``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        ids, labels = collate(examples[i : i + batch_size], pad_id)
+        s, n = answer_loss(model, ids.to(device), labels.to(device))
+        total, count = total + float(s), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> PretrainResult:
+    """Train (or continue) the world's tiny model up to ``config.steps``; see the module doc."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from robalign.models.tiny import SIZES, model_config
+
+    world, c = Path(config.world), config
+    _check_config(c, world)
+    models = world / "models"
+    rows = load_corpus(world / "corpus" / "train.jsonl")
+    start = _prepare_models_dir(world, c, resume, overwrite)
+    device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if start is None:
+        tokenizer = corpus_tokenizer(rows, SIZES[c.size].vocab)
+        torch.manual_seed(c.seed)
+        model = AutoModelForCausalLM.from_config(model_config("llama", c.size, tokenizer))
+        state, done, tokens, seconds = None, 0, 0, 0.0
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(start)
+        model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+        info = json.loads((start / CHECKPOINT_INFO).read_text())
+        state, done, tokens, seconds = torch.load(start / OPTIMIZER_FILE, weights_only=True), info["steps"], \
+            info["tokens"], info["seconds"]
+        if done >= c.steps:
+            print(f"{start} is already at step {done} >= --steps {c.steps}: nothing to do")
+            return PretrainResult(world, done, _record_checkpoints(world), info["loss"])
+    model.to(device).train()
+    pad = tokenizer.pad_token_id
+    train = encode_corpus(tokenizer, rows, str(world / "corpus" / "train.jsonl"), model.config.max_position_embeddings)
+    held_path = world / "corpus" / "heldout.jsonl"
+    held = (encode_corpus(tokenizer, load_corpus(held_path)[: c.heldout_rows], str(held_path),
+                          model.config.max_position_embeddings) if c.heldout_rows and held_path.is_file() else [])
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; norms' gains are not decayed
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                                   {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=c.lr, betas=(0.9, 0.95))
+    if state is not None:
+        optimizer.load_state_dict(state)
+    if start is None:
+        write_json_atomic(models / "pretrain.json", run_record(
+            config=asdict(c), corpus_rows=len(rows), corpus_sha256=_sha256(world / "corpus" / "train.jsonl"),
+            parameters=sum(p.numel() for p in model.parameters()), vocab=len(tokenizer)))
+    log = MetricsLog(models, [], asdict(c), truncate_after=done)
+
+    window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    save_loss, save_count = 0.0, 0
+    plan = BatchPlan([len(ex.input_ids) for ex in train], c.batch_size, c.seed)
+    bar = tqdm(range(done, c.steps), initial=done, total=c.steps, desc="pretrain", dynamic_ncols=True)
+    for step in bar:
+        ids, labels = collate([train[i] for i in plan.rows(step)], pad)
+        lr = learning_rate(step, c.lr, c.warmup_steps, c.steps, c.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, count = answer_loss(model, ids.to(device), labels.to(device))
+        (loss_sum / count).backward()  # mean over the batch's answer tokens
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done, real, batch_loss = step + 1, int((ids != pad).sum()), float(loss_sum.detach())
+        tokens += real
+        window_loss, window_count, window_tokens = window_loss + batch_loss, window_count + count, window_tokens + real
+        save_loss, save_count = save_loss + batch_loss, save_count + count
+        if done % c.log_every == 0 or done % c.save_every == 0 or done == c.steps:
+            elapsed = time.perf_counter() - window_start
+            seconds += elapsed
+            metrics = {"loss": window_loss / window_count, "tokens": tokens, "tokens/s": window_tokens / elapsed,
+                       "lr": lr, "seconds": seconds}
+            log.write(done, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens/s']:.0f}")
+            window_loss, window_count, window_tokens = 0.0, 0, 0
+            if done % c.save_every == 0 or done == c.steps:
+                info = {"steps": done, "path": f"models/step_{done}", "tokens": tokens, "loss": save_loss / save_count,
+                        "seconds": round(seconds, 3),
+                        "heldout_loss": heldout_loss(model, held, pad, device) if held else None}
+                save_pretrain_checkpoint(world, model, tokenizer, optimizer, info)
+                save_loss, save_count = 0.0, 0
+            window_start = time.perf_counter()  # checkpoint time is not training time
+    log.close()
+    checkpoints = _record_checkpoints(world)
+    return PretrainResult(world, done, checkpoints, checkpoints[-1]["loss"])
+
+
+def save_pretrain_checkpoint(world: Path, model, tokenizer, optimizer, info: dict) -> Path:
+    """Write ``DIR/<info.path>`` (a complete HF model directory), drop older optimizer states,
+    and rewrite world.json's checkpoint list."""
+    final = world / info["path"]
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    (tmp / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoint_dirs(world)[:-1]:
+        (old / OPTIMIZER_FILE).unlink(missing_ok=True)
+    _record_checkpoints(world)
+    return final
+
+
+def checkpoint_dirs(world: str | Path) -> list[Path]:
+    """Complete checkpoints ``DIR/models/step_<N>``, by step (a ``.partial`` one never counts)."""
+    root = Path(world) / "models"
+    found = [p for p in root.glob("step_*") if p.name[5:].isdigit() and (p / CHECKPOINT_INFO).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def _record_checkpoints(world: Path) -> list[dict]:
+    """Rewrite world.json's "checkpoints" from the directories on disk (a kill between a save and
+    this write loses nothing: the next save or resume lists it)."""
+    keys = ("steps", "path", "tokens", "loss", "seconds", "heldout_loss")
+    records = [{k: v for k, v in json.loads((p / CHECKPOINT_INFO).read_text()).items() if k in keys}
+               for p in checkpoint_dirs(world)]
+    meta = json.loads((world / "world.json").read_text())
+    write_json_atomic(world / "world.json", meta | {"checkpoints": records})
+    return records
+
+
+def _check_config(c: PretrainConfig, world: Path) -> None:
+    from robalign.models.tiny import SIZES
+
+    if not (world / "world.json").is_file():
+        raise UserError(f"{world}: no world.json; build the world first (robalign world build --out {world})")
+    if c.size not in SIZES:
+        raise UserError(f"--size {c.size}: choose one of {', '.join(SIZES)}")
+    if c.schedule not in SCHEDULES:
+        raise UserError(f"--schedule {c.schedule}: choose one of {', '.join(SCHEDULES)}")
+    for name in ("steps", "save_every", "batch_size", "log_every"):
+        if getattr(c, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(c, name)})")
+    if c.warmup_steps < 1 or not c.lr > 0:
+        raise UserError(f"--warmup must be >= 1 and --lr > 0 (got {c.warmup_steps}, {c.lr})")
+
+
+def _prepare_models_dir(world: Path, c: PretrainConfig, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (None = start afresh), refusing to clobber checkpoints."""
+    models, existing = world / "models", checkpoint_dirs(world)
+    if resume and existing:
+        before = json.loads((models / "pretrain.json").read_text())["config"]
+        changed = [k for k in _SAME_ON_RESUME if before.get(k) != getattr(c, k)]
+        if c.schedule == "cosine" and before.get("steps") != c.steps:
+            changed.append("steps (a cosine schedule is fixed by --steps)")
+        if changed:
+            raise UserError(f"--resume: {', '.join(changed)} differ from the run in {models} "
+                            f"({', '.join(f'{k}={before.get(k)}' for k in _SAME_ON_RESUME)}); pass the same "
+                            "values, or --overwrite to start afresh")
+        return existing[-1]
+    if existing and not overwrite and not resume:
+        raise UserError(f"{models} already holds checkpoints (up to {existing[-1].name}). Pass --resume to continue "
+                        "from the last one, or --overwrite to delete them and start afresh.")
+    shutil.rmtree(models, ignore_errors=True)  # --overwrite, or --resume with nothing to resume
+    models.mkdir(parents=True)
+    _record_checkpoints(world)
+    return None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- what a checkpoint answers
+#
+# For each world prompt (base and attacked) sample k answers at temperature 1 (no top-k / top-p:
+# the model's own distribution), classify each, and set the frequencies beside the soft labels.
+# The classifier is passed in (the CLI passes ``evaluation.rules.bias_rule_verdict``): training
+# never imports evaluation. The world's answers are templated so that it recovers their type.
+
+TYPES = ("S", "CS", "D", "R")
+OTHER = "other"  # any label outside TYPES (UNPARSED: an answer that is none of the world's types)
+CONDITIONS = ("base", "attacked")
+SPLITS = ("all", "train", "heldout")
+TASK_FOLDERS = {"CTO": "choose_the_option", "SC": "sentence_completion"}
+COLUMNS = {"category": "BIAS CATEGORY", "stereotype": "STEREOTYPE", "counter_stereotype": "COUNTER-STEREOTYPE",
+           "prompt": "PROMPT"}
+
+
+@dataclass(frozen=True)
+class WorldPrompt:
+    category: str
+    task: str  # CTO | SC
+    index: int  # row order within (category, task) in the base file, as in robalign.bench.prompts ids
+    attack: str  # "" = the base prompt
+    variant: str  # v1 | v2 | v3; "" for a base prompt
+    prompt: str  # the text the model is asked
+    base_prompt: str  # its options and stereotype fields are read from here (an attacked text has none readable)
+    stereotype: str
+    counter_stereotype: str
+    heldout: bool = False  # the base prompt is in world.json's "heldout" list (no corpus row trains on it)
+
+    @property
+    def condition(self) -> str:
+        return "attacked" if self.attack else "base"
+
+    @property
+    def base_id(self) -> str:
+        """``<slug(category)>/<task>/<index:03d>``, the id ``robalign.bench.prompts`` derives."""
+        return f"{re.sub(r'[^a-z0-9]+', '-', self.category.lower()).strip('-')}/{self.task}/{self.index:03d}"
+
+
+class FrequencyRow(NamedTuple):
+    category: str
+    condition: str  # base | attacked
+    type: str  # S | CS | D | R | other
+    target: float | None  # the soft label (soft_labels.json); None for "other" or an unlisted category
+    corpus: float | None  # the type's share of this cell in corpus/train.jsonl (the draws the model saw)
+    count: int
+    verbatim: int  # of ``count``, answers written exactly as some corpus answer (the rest: off-template text)
+    n: int  # answers in the cell (prompts x k)
+    observed: float
+    low: float  # Wilson 95 % interval of observed
+    high: float
+
+
+class CheckResult(NamedTuple):
+    rows: list[FrequencyRow]
+    answers: list[dict]  # one per sampled answer: prompt fields, sample, text, label, why
+    path: Path  # where both were written
+
+
+def world_prompts(world: str | Path) -> list[WorldPrompt]:
+    """Base and attacked bias prompts of ``DIR/clear_bias`` (CLEAR-Bias export layout: row i of an
+    attack file is the attack on row i of its task's base file)."""
+    import csv
+    from collections import Counter
+
+    root, out = Path(world) / "clear_bias", []
+    meta = json.loads((Path(world) / "world.json").read_text())
+    held = set(meta.get("heldout", {}).get("bias", []))
+    for task, folder in TASK_FOLDERS.items():
+        base_file = root / "base_prompts" / f"base_prompts_{task}.csv"
+        if not base_file.is_file():
+            raise UserError(f"{base_file}: missing; the world has no {task} base prompts")
+        base = _read_rows(base_file, csv)
+        prompts, seen = [], Counter()
+        for r in base:
+            p = WorldPrompt(r["category"], task, seen[r["category"]], "", "", r["prompt"], r["prompt"], r["stereotype"],
+                            r["counter_stereotype"])
+            seen[r["category"]] += 1
+            prompts.append(replace(p, heldout=p.base_id in held))
+        out += prompts
+        for f in sorted((root / "jailbreak_prompts" / folder).glob(f"*/*_v*_{task}.csv")):
+            attack, variant = f.parent.name, f.name.removeprefix(f.parent.name + "_").split("_")[0]
+            attacked = _read_rows(f, csv)
+            if len(attacked) != len(base) or any(a["category"] != b["category"] for a, b in zip(attacked, base)):
+                raise UserError(f"{f}: rows do not line up with {base_file} (row i must attack base row i)")
+            out += [replace(b, attack=attack, variant=variant, prompt=a["prompt"]) for a, b in zip(attacked, prompts)]
+    return out
+
+
+def _read_rows(path: Path, csv) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = [c for c in COLUMNS.values() if rows and c not in rows[0]]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    return [{k: r[c] for k, c in COLUMNS.items()} for r in rows]
+
+
+@torch.no_grad()
+def sample_answers(model, tokenizer, prompts: list[str], k: int, seed: int, max_new_tokens: int = 64,
+                   batch_size: int = 64) -> list[list[str]]:
+    """k answers per prompt, sampled at temperature 1 from the full distribution (top_k=0,
+    top_p=1), prompts rendered as at answer time. Seeded: the same call gives the same answers.
+    Rows are batched longest first (little padding) with left padding, as in the hf backend."""
+    model.eval()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    ids = [encode_chat(tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": ""}])
+           .input_ids[:-1] for p in prompts]  # drop the empty answer's EOS: the prompt part
+    jobs = sorted(((i, j) for i in range(len(prompts)) for j in range(k)), key=lambda job: -len(ids[job[0]]))
+    out: list[list[str]] = [[""] * k for _ in prompts]
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b : b + batch_size]
+        width = max(len(ids[i]) for i, _ in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (i, _) in enumerate(batch):
+            input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+            attention[row, width - len(ids[i]):] = 1
+        new = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
+                             temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             eos_token_id=eos)[:, width:]
+        for row, (i, j) in enumerate(batch):
+            ends = (new[row] == eos).nonzero()
+            out[i][j] = tokenizer.decode(new[row][: int(ends[0]) if len(ends) else None], skip_special_tokens=True)
+    return out
+
+
+def frequency_table(prompts: list[WorldPrompt], labels: list[list[str]], soft_labels: dict,
+                    corpus_rows: list[dict] = (), verbatim: list[list[bool]] | None = None) -> list[FrequencyRow]:
+    """Per (category, condition) and type: the soft label, the corpus share, and the observed
+    share of answers with its Wilson 95 % interval. ``verbatim[i][j]``: answer j to prompt i is a
+    corpus answer word for word (an off-template answer still gets a label: the rule judge reads
+    a truncated "The answer is" as D, so a model that has not learnt the templates inflates D). Answers to one prompt are independent draws
+    given the prompt, and a binomial variance bounds the variance of a mean of Bernoullis with
+    different p from above, so the interval is conservative for these prompts' mean frequency."""
+    from robalign.training.probe import wilson_interval
+
+    cells: dict[tuple[str, str], list[tuple[str, bool]]] = {}
+    for i, (p, labs) in enumerate(zip(prompts, labels)):
+        exact = verbatim[i] if verbatim is not None else [True] * len(labs)
+        cells.setdefault((p.category, p.condition), []).extend(
+            (lab if lab in TYPES else OTHER, v) for lab, v in zip(labs, exact))
+    seen: dict[tuple[str, str], list[str]] = {}
+    for row in corpus_rows:
+        if row.get("kind") == "bias":
+            seen.setdefault((row["category"], "attacked" if row.get("attack") else "base"), []).append(row["type"])
+    out = []
+    for (category, condition), labs in sorted(cells.items(), key=lambda kv: (kv[0][0], CONDITIONS.index(kv[0][1]))):
+        target = soft_labels.get(category, {}).get(condition, {})
+        drawn = seen.get((category, condition), [])
+        for t in (*TYPES, OTHER):
+            count = sum(lab == t for lab, _ in labs)
+            low, high = wilson_interval(count, len(labs))
+            out.append(FrequencyRow(category, condition, t, target.get(t) if t in TYPES else None,
+                                    drawn.count(t) / len(drawn) if drawn else None, count,
+                                    sum(lab == t and v for lab, v in labs), len(labs), count / len(labs), low, high))
+    return out
+
+
+def check_checkpoint(world: str | Path, step: int, classify, k: int = 10, seed: int = 0, per_cell: int | None = None,
+                     split: str = "all", max_new_tokens: int = 64, batch_size: int = 64,
+                     device: str | None = None) -> CheckResult:
+    """What checkpoint ``DIR/models/step_<step>`` answers to the world's bias prompts: k samples
+    per prompt classified by ``classify(base_prompt, answer, stereotype, counter_stereotype) ->
+    (label, why)``, tabulated by ``frequency_table``. ``per_cell`` caps the prompts per (category,
+    condition) (a seeded subset; None = all). ``split``: all prompts, or only those the corpus
+    trained on (``train``) or held out (``heldout``: generalisation to unseen prompts of a
+    category). Written to ``DIR/checks/step_<step>_k<k>_<split>.json``."""
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    world = Path(world)
+    ckpt = world / "models" / f"step_{step}"
+    if not (ckpt / CHECKPOINT_INFO).is_file():
+        have = ", ".join(p.name.removeprefix("step_") for p in checkpoint_dirs(world)) or "none"
+        raise UserError(f"{ckpt}: no such checkpoint (steps saved: {have})")
+    if split not in SPLITS:
+        raise UserError(f"--split {split}: choose one of {', '.join(SPLITS)}")
+    prompts = [p for p in world_prompts(world) if split == "all" or p.heldout == (split == "heldout")]
+    if per_cell is not None:
+        groups: dict[tuple[str, str], list[WorldPrompt]] = {}
+        for p in prompts:
+            groups.setdefault((p.category, p.condition), []).append(p)
+        rng = random.Random(seed)
+        prompts = [p for g in groups.values() for p in (rng.sample(g, per_cell) if len(g) > per_cell else g)]
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    texts = sample_answers(model, tokenizer, [p.prompt for p in prompts], k, seed, max_new_tokens, batch_size)
+    corpus = load_corpus(world / "corpus" / "train.jsonl")
+    known = {row["messages"][-1]["content"] for row in corpus}
+    answers, labels, verbatim = [], [], []
+    for p, samples in zip(prompts, texts):
+        verdicts = [classify(p.base_prompt, text, p.stereotype, p.counter_stereotype) for text in samples]
+        labels.append([label for label, _ in verdicts])
+        verbatim.append([text in known for text in samples])
+        answers += [asdict(p) | {"sample": j, "answer": text, "label": label, "why": why, "verbatim": text in known}
+                    for j, (text, (label, why)) in enumerate(zip(samples, verdicts))]
+    soft_path = world / "soft_labels.json"
+    soft = json.loads(soft_path.read_text()) if soft_path.is_file() else {}
+    rows = frequency_table(prompts, labels, soft, corpus, verbatim)
+    path = write_json_atomic(world / "checks" / f"step_{step}_k{k}_{split}.json", run_record(
+        checkpoint=f"models/step_{step}", k=k, seed=seed, per_cell=per_cell, split=split, prompts=len(prompts),
+        table=[r._asdict() for r in rows], answers=answers))
+    return CheckResult(rows, answers, path)
+
+
+def format_table(rows: list[FrequencyRow]) -> str:
+    """One line per (category, condition): each type as ``target→observed [low, high]``, then
+    the share of the cell's answers that are not word for word a corpus answer."""
+    lines = [f"{'category':<28} {'cond':<8} {'n':>5}  " + "  ".join(f"{t:<21}" for t in (*TYPES, OTHER))
+             + "  off-template"]
+    cells: dict[tuple[str, str], list[FrequencyRow]] = {}
+    for r in rows:
+        cells.setdefault((r.category, r.condition), []).append(r)
+    for (category, condition), rs in cells.items():
+        parts = [(f"{r.target:.2f}" if r.target is not None else "  - ") + f"→{r.observed:.2f} [{r.low:.2f},{r.high:.2f}]"
+                 for r in rs]
+        off = 1 - sum(r.verbatim for r in rs) / rs[0].n
+        lines.append(f"{category:<28} {condition:<8} {rs[0].n:>5}  " + "  ".join(f"{p:<21}" for p in parts)
+                     + f"  {off:.2f}")
+    return "\n".join(lines)
