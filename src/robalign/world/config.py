@@ -108,6 +108,14 @@ class WorldConfig:
     soft_labels: dict[str, CategorySoftLabel] = field(default_factory=dict)  # category -> changes to the defaults
 
 
+WORLD_SECTIONS = ("prompts", "corpus", "requests", "pairs", "judge", "soft_labels")  # no training config has these
+
+
+def is_world_config(data: object) -> bool:
+    """Whether parsed YAML is a world config (``robalign validate`` tells config kinds apart by their keys)."""
+    return isinstance(data, dict) and any(key in data for key in WORLD_SECTIONS)
+
+
 def load_world_config(path: str | Path | None = None, overrides: list[str] | None = None) -> WorldConfig:
     """The config of ``path`` (None: the defaults) plus dotted overrides, checked."""
     cfg = load_config(WorldConfig, path, overrides)
