@@ -36,6 +36,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py --json
 	$(PY) benchmarks/generation.py --json
+	$(PY) benchmarks/bench_clear_bias.py --json
+	$(PY) benchmarks/world_build.py --json
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

