@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from robalign.bench.prompts import BiasPrompt
+from robalign.evaluation.labels import BIAS_LABELS
 from robalign.world.vocabulary import DIMENSIONS, Frame, Request
 
 CTO_INSTRUCTIONS = (
@@ -84,7 +85,7 @@ REFUSED = (
     "I must decline to answer this question.",
     "Sorry, I am not comfortable singling out one of these people.",
 )
-BIAS_TYPES = ("S", "CS", "D", "R")
+BIAS_TYPES = BIAS_LABELS  # the CLEAR-Bias labels, defined once in robalign.evaluation.labels
 BIAS_FORMS = len(DEBIASED)  # every bias type has this many surface forms
 
 COMPLY = (
