@@ -297,3 +297,20 @@ def test_check_recovers_the_type_of_a_deterministic_corpus(tmp_path):
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
     assert cli.run(p.parse_args(["--world", str(world), "--check", "120", "--k", "2", "--seed", "1"])) == 0
+
+
+def test_world_prompts_of_a_built_world_carry_its_ids_and_held_out_split(tmp_path):
+    """On a world built by ``robalign world build`` (defaults): every base and attacked prompt,
+    ids as the world derives them, and exactly the world's held-out prompts marked."""
+    from robalign.world.build import build_world
+    from robalign.world.config import load_world_config
+
+    world = build_world(load_world_config(None, []), tmp_path / "world").out
+    meta = json.loads((world / "world.json").read_text())
+    prompts = pt.world_prompts(world)
+    base = [p for p in prompts if not p.attack]
+    assert len(base) == meta["counts"]["bias_prompts"] and len(prompts) - len(base) == meta["counts"]["attacked_prompts"]
+    assert {p.base_id for p in base if p.heldout} == set(meta["heldout"]["bias"])
+    corpus_ids = {row["prompt_id"].split("|")[0] for row in pt.load_corpus(world / "corpus" / "train.jsonl")
+                  if row["kind"] == "bias"}
+    assert corpus_ids == {p.base_id for p in base if not p.heldout}  # the corpus trains on exactly the rest

@@ -17,21 +17,22 @@ from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    from robalign.models.tiny import SIZES
-    from robalign.training.pretrain import SCHEDULES, PretrainConfig
+    from robalign.training.pretrain import DEFAULT_LR, SCHEDULES, PretrainConfig
 
     d = PretrainConfig(world="", steps=1, save_every=1)
     p.add_argument("--world", required=True, help="world directory (robalign world build --out DIR)")
     p.add_argument("--steps", type=int, help="optimizer steps to reach (required unless --check)")
     p.add_argument("--save-every", type=int, help="checkpoint every K steps (the last step is always saved)")
-    p.add_argument("--size", default=d.size, choices=[s for s in SIZES if s != "mini"],
+    p.add_argument("--size", default=d.size, choices=list(DEFAULT_LR),
                    help="nano ~0.8M or micro ~9M parameters")
     p.add_argument("--seed", type=int, default=d.seed, help="weight initialisation and data order")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="corpus rows per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 3e-3 nano, 1e-3 micro)")
     p.add_argument("--warmup", type=int, default=d.warmup_steps, help="linear warm-up steps")
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                    help="constant after warm-up (a checkpoint does not depend on --steps), or cosine to 10%%")
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
+                   help="bf16 = autocast with fp32 weights (micro ~1.75x faster on CPUs with AMX)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     runs = p.add_mutually_exclusive_group()
     runs.add_argument("--resume", action="store_true", help="continue from the last checkpoint up to --steps")
@@ -61,7 +62,8 @@ def run(args) -> int:
         raise UserError("--steps and --save-every are required to train (or pass --check STEP)")
     config = pt.PretrainConfig(world=args.world, steps=args.steps, save_every=args.save_every, size=args.size,
                                seed=args.seed, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                               schedule=args.schedule, device=args.device)
+                               schedule=args.schedule, precision=args.precision,
+                               device=args.device)
     result = pt.pretrain(config, resume=args.resume, overwrite=args.overwrite)
     for c in result.checkpoints:
         held = f", held-out {c['heldout_loss']:.3f}" if c.get("heldout_loss") is not None else ""

@@ -68,6 +68,9 @@ IGNORE = -100  # label of a token outside the loss (prompt tokens, pads)
 CHECKPOINT_INFO = "robalign_pretrain.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULES = ("constant", "cosine")
+# Peak learning rates: on the default world, nano reached a held-out answer loss of 1.40 nats
+# after 200 steps at 3e-3 against 1.70 at 1e-3; a 10x larger model takes smaller steps.
+DEFAULT_LR = {"nano": 3e-3, "micro": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,19 @@ class PretrainConfig:
     size: str = "nano"  # models.tiny.SIZES: nano ~0.8M, micro ~9M parameters
     seed: int = 0  # weight initialisation and data order
     batch_size: int = 32  # rows per step
-    lr: float = 1e-3  # peak learning rate
+    lr: float | None = None  # peak learning rate; None = DEFAULT_LR[size]
     warmup_steps: int = 20  # linear warm-up from lr / warmup_steps
     schedule: str = "constant"  # constant | cosine (to 10 % of lr at ``steps``)
     weight_decay: float = 0.01
     log_every: int = 10  # metrics.jsonl line every N steps (and at every checkpoint)
     heldout_rows: int = 256  # rows of corpus/heldout.jsonl scored at each checkpoint (0 = none)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights: micro 1.75x faster on AMX, nano no faster)
     device: str | None = None  # cpu | cuda; None = cuda when available
 
 
 # the fields a resumed run must share with the run it continues (steps may grow)
-_SAME_ON_RESUME = ("size", "seed", "batch_size", "lr", "warmup_steps", "schedule", "weight_decay")
+_SAME_ON_RESUME = ("size", "seed", "batch_size", "lr", "warmup_steps", "schedule", "weight_decay", "precision")
+PRECISIONS = ("fp32", "bf16")
 
 
 class Example(NamedTuple):
@@ -259,6 +264,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
 
     world, c = Path(config.world), config
     _check_config(c, world)
+    c = replace(c, lr=c.lr or DEFAULT_LR[c.size])
     models = world / "models"
     rows = load_corpus(world / "corpus" / "train.jsonl")
     start = _prepare_models_dir(world, c, resume, overwrite)
@@ -295,7 +301,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
             parameters=sum(p.numel() for p in model.parameters()), vocab=len(tokenizer)))
     log = MetricsLog(models, [], asdict(c), truncate_after=done)
 
-    window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    window_loss, window_count, window_tokens, window_slots, window_start = 0.0, 0, 0, 0, time.perf_counter()
     save_loss, save_count = 0.0, 0
     plan = BatchPlan([len(ex.input_ids) for ex in train], c.batch_size, c.seed)
     bar = tqdm(range(done, c.steps), initial=done, total=c.steps, desc="pretrain", dynamic_ncols=True)
@@ -304,7 +310,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
         lr = learning_rate(step, c.lr, c.warmup_steps, c.steps, c.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum, count = answer_loss(model, ids.to(device), labels.to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
+            loss_sum, count = answer_loss(model, ids.to(device), labels.to(device))
         (loss_sum / count).backward()  # mean over the batch's answer tokens
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -312,15 +319,16 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
         done, real, batch_loss = step + 1, int((ids != pad).sum()), float(loss_sum.detach())
         tokens += real
         window_loss, window_count, window_tokens = window_loss + batch_loss, window_count + count, window_tokens + real
+        window_slots += ids.numel()
         save_loss, save_count = save_loss + batch_loss, save_count + count
         if done % c.log_every == 0 or done % c.save_every == 0 or done == c.steps:
             elapsed = time.perf_counter() - window_start
             seconds += elapsed
             metrics = {"loss": window_loss / window_count, "tokens": tokens, "tokens/s": window_tokens / elapsed,
-                       "lr": lr, "seconds": seconds}
+                       "padding": 1 - window_tokens / window_slots, "lr": lr, "seconds": seconds}
             log.write(done, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens/s']:.0f}")
-            window_loss, window_count, window_tokens = 0.0, 0, 0
+            window_loss, window_count, window_tokens, window_slots = 0.0, 0, 0, 0
             if done % c.save_every == 0 or done == c.steps:
                 info = {"steps": done, "path": f"models/step_{done}", "tokens": tokens, "loss": save_loss / save_count,
                         "seconds": round(seconds, 3),
@@ -370,18 +378,18 @@ def _record_checkpoints(world: Path) -> list[dict]:
 
 
 def _check_config(c: PretrainConfig, world: Path) -> None:
-    from robalign.models.tiny import SIZES
-
     if not (world / "world.json").is_file():
         raise UserError(f"{world}: no world.json; build the world first (robalign world build --out {world})")
-    if c.size not in SIZES:
-        raise UserError(f"--size {c.size}: choose one of {', '.join(SIZES)}")
+    if c.size not in DEFAULT_LR:
+        raise UserError(f"--size {c.size}: choose one of {', '.join(DEFAULT_LR)}")
+    if c.precision not in PRECISIONS:
+        raise UserError(f"--precision {c.precision}: choose one of {', '.join(PRECISIONS)}")
     if c.schedule not in SCHEDULES:
         raise UserError(f"--schedule {c.schedule}: choose one of {', '.join(SCHEDULES)}")
     for name in ("steps", "save_every", "batch_size", "log_every"):
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(c, name)})")
-    if c.warmup_steps < 1 or not c.lr > 0:
+    if c.warmup_steps < 1 or (c.lr is not None and not c.lr > 0):
         raise UserError(f"--warmup must be >= 1 and --lr > 0 (got {c.warmup_steps}, {c.lr})")
 
 
