@@ -217,6 +217,11 @@ def test_wilson_table_by_hand():
     assert (s.low, s.high) == pytest.approx((0.3127, 0.8318), abs=1e-4)
     assert rows["other"].count == 1 and rows["other"].target is None and rows["D"].observed == 0
     assert s.verbatim == 6  # no verbatim flags given: every answer counts as a corpus answer
+    # targets .5/.2/.2/.1 against 6/2/0/1 of 10: all inside their intervals (0/10 gives [0, 0.278]);
+    # |errors| .1, 0, .2, 0
+    fit = pt.fit_summary(list(rows.values()))
+    assert fit["entries"] == 4 and fit["within_ci"] == 1.0 and fit["off_template"] == 0
+    assert (fit["mean_abs_error"], fit["max_abs_error"]) == pytest.approx((0.075, 0.2))
 
 
 def test_loss_falls_checkpoints_are_recorded_and_load(tmp_path):
@@ -314,3 +319,28 @@ def test_world_prompts_of_a_built_world_carry_its_ids_and_held_out_split(tmp_pat
     corpus_ids = {row["prompt_id"].split("|")[0] for row in pt.load_corpus(world / "corpus" / "train.jsonl")
                   if row["kind"] == "bias"}
     assert corpus_ids == {p.base_id for p in base if not p.heldout}  # the corpus trains on exactly the rest
+
+
+def test_a_cooldown_branch_leaves_the_trunk_alone_and_resumes(tmp_path):
+    """With --cooldown the saved model is a branch; the trunk (kept for resume) is bit for bit the
+    model of a run without cooldown, and a resumed cooldown run equals an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    plain, cooled, resumed = (make_world(tmp_path / name, SOFT) for name in ("plain", "cooled", "resumed"))
+    pt.pretrain(config(plain, steps=6))
+    pt.pretrain(config(cooled, steps=6, cooldown=2))
+    pt.pretrain(config(resumed, steps=3, cooldown=2))
+    pt.pretrain(config(resumed, steps=6, cooldown=2), resume=True)
+    last = lambda w, f="model.safetensors": load_file(w / "models" / "step_6" / f)  # noqa: E731
+    trunk, branch, reference = last(cooled, pt.TRUNK_FILE), last(cooled), last(plain)
+    # safetensors' save_model keeps one name of the tied embedding / LM head, save_pretrained the other
+    tied = {"lm_head.weight": "model.embed_tokens.weight"}
+    assert len(trunk) == len(reference) and all(torch.equal(trunk[k], reference[tied.get(k, k)]) for k in trunk)
+    assert not all(torch.equal(branch[k], reference[k]) for k in branch)  # the branch moved on
+    again = last(resumed)
+    assert all(torch.equal(branch[k], again[k]) for k in branch)
+    info = json.loads((cooled / "world.json").read_text())["checkpoints"]
+    assert [c["cooldown"] for c in info] == [2, 2] and all(c["cooldown_loss"] > 0 for c in info)
+    plain_info = json.loads((plain / "world.json").read_text())["checkpoints"]
+    assert info[-1]["tokens"] > plain_info[-1]["tokens"]  # the branch's own steps count
+    assert not (cooled / "models" / "step_3" / pt.TRUNK_FILE).exists()  # only the newest keeps the trunk

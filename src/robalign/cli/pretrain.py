@@ -1,16 +1,17 @@
-"""robalign pretrain --world DIR --steps N --save-every K [--size nano|micro] [--seed S] [--resume | --overwrite]
-robalign pretrain --world DIR --check STEP [--k K] [--per-cell N]
+"""robalign pretrain --world DIR --steps N --save-every K [--size nano|micro] [--seed S] [--cooldown C]
+                  [--resume | --overwrite]
+robalign pretrain --world DIR --check STEP [--k K] [--per-cell N] [--split all|train|heldout]
 
-  robalign pretrain --world runs/world --steps 600 --save-every 200
-  robalign pretrain --world runs/world --steps 1200 --save-every 200 --resume    # extend the same run
-  robalign pretrain --world runs/world --check 600 --k 10
+  robalign pretrain --world runs/world --steps 2400 --save-every 800 --cooldown 400
+  robalign pretrain --world runs/world --steps 4800 --save-every 800 --cooldown 400 --resume   # extend it
+  robalign pretrain --world runs/world --check 2400 --k 10 --per-cell 64 --split train
 
 Soft-label pre-training of a tiny Llama-style model from scratch on the world's corpus
 (DIR/corpus/train.jsonl; loss on the answer tokens only). Checkpoints go to DIR/models/step_<N>/
 (save_pretrained directories: use them as hf:DIR/models/step_<N>) and are listed in DIR/world.json.
 --check samples k answers per world prompt (base and attacked) from a checkpoint, classifies them
 with the rule judge, and prints per category the soft label against the observed frequencies
-with Wilson 95 % intervals (also written to DIR/checks/step_<N>_k<K>.json).
+with Wilson 95 % intervals (also written to DIR/checks/step_<N>_k<K>_<split>.json).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup_steps, help="linear warm-up steps")
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                    help="constant after warm-up (a checkpoint does not depend on --steps), or cosine to 10%%")
+    p.add_argument("--cooldown", type=int, default=d.cooldown, metavar="C",
+                   help="save each checkpoint after C extra steps of LR decaying to 0, branched off the constant-LR "
+                        "run (which goes on unchanged); sharper answer frequencies at C steps per checkpoint")
     p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
                    help="bf16 = autocast with fp32 weights (micro ~1.75x faster on CPUs with AMX)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -62,7 +66,7 @@ def run(args) -> int:
         raise UserError("--steps and --save-every are required to train (or pass --check STEP)")
     config = pt.PretrainConfig(world=args.world, steps=args.steps, save_every=args.save_every, size=args.size,
                                seed=args.seed, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                               schedule=args.schedule, precision=args.precision,
+                               schedule=args.schedule, cooldown=args.cooldown, precision=args.precision,
                                device=args.device)
     result = pt.pretrain(config, resume=args.resume, overwrite=args.overwrite)
     for c in result.checkpoints:

@@ -35,10 +35,20 @@ N is then the same model whatever ``steps`` the run was given, which is what a d
 needs, and a run can be extended with ``--resume --steps`` more. ``schedule="cosine"`` decays to
 10 % of the peak at ``steps`` instead (its checkpoints depend on ``steps``; resume must keep it).
 
+Cooldown. A constant LR leaves the model's answer frequencies noisy (each step moves them), so
+``cooldown=C`` saves at every checkpoint step N not the constant-LR trunk but a branch off it:
+the trunk's weights and AdamW state copied, trained C more steps on the batches the trunk sees
+next with the LR falling linearly to 0 (warmup-stable-decay, one decay per checkpoint). The
+trunk goes on unchanged, so checkpoints stay on one duration axis, at C extra steps each. On a
+default world, 600 such steps after 4,800 at 3e-3 cut the mean |soft label - observed
+frequency| from 0.063 to 0.042 and the off-template answers from 7.9 % to 4.2 %.
+
 Checkpoints. ``DIR/models/step_<N>/`` is a ``save_pretrained`` model directory (safetensors,
 tokenizer, chat template) plus ``robalign_pretrain.json`` ({"steps", "path", "tokens", "loss",
-"seconds", "heldout_loss"}); the newest one also keeps ``optimizer.pt`` (AdamW state, removed
-from older ones: it is twice the weights). Written under ``.partial`` and renamed, so a listed
+"seconds", "heldout_loss"}, with a cooldown also "cooldown", "cooldown_loss", "trunk_tokens";
+``tokens`` and ``seconds`` count the checkpoint's own cooldown); the newest one also keeps
+``optimizer.pt`` (AdamW state, removed from older ones: it is twice the weights) and, with a
+cooldown, ``trunk.safetensors`` (the weights a resume continues from). Written under ``.partial`` and renamed, so a listed
 directory is complete. After every save, ``DIR/world.json``'s ``"checkpoints"`` is rewritten from
 the directories on disk. ``DIR/models/metrics.jsonl`` logs loss, tokens and tokens/s;
 ``DIR/models/pretrain.json`` the resolved config and provenance.
@@ -67,6 +77,7 @@ from robalign.training.metrics_log import MetricsLog
 IGNORE = -100  # label of a token outside the loss (prompt tokens, pads)
 CHECKPOINT_INFO = "robalign_pretrain.json"
 OPTIMIZER_FILE = "optimizer.pt"
+TRUNK_FILE = "trunk.safetensors"  # the constant-LR weights behind a cooled checkpoint (newest checkpoint only)
 SCHEDULES = ("constant", "cosine")
 # Peak learning rates: on the default world, nano reached a held-out answer loss of 1.40 nats
 # after 200 steps at 3e-3 against 1.70 at 1e-3; a 10x larger model takes smaller steps.
@@ -88,11 +99,13 @@ class PretrainConfig:
     log_every: int = 10  # metrics.jsonl line every N steps (and at every checkpoint)
     heldout_rows: int = 256  # rows of corpus/heldout.jsonl scored at each checkpoint (0 = none)
     precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights: micro 1.75x faster on AMX, nano no faster)
+    cooldown: int = 0  # each checkpoint = the trunk + this many steps of LR decaying linearly to 0 (0 = the trunk)
     device: str | None = None  # cpu | cuda; None = cuda when available
 
 
 # the fields a resumed run must share with the run it continues (steps may grow)
-_SAME_ON_RESUME = ("size", "seed", "batch_size", "lr", "warmup_steps", "schedule", "weight_decay", "precision")
+_SAME_ON_RESUME = ("size", "seed", "batch_size", "lr", "warmup_steps", "schedule", "weight_decay", "precision",
+                   "cooldown")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -258,6 +271,7 @@ def heldout_loss(model, examples: list[Example], pad_id: int, device, batch_size
 
 def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = False) -> PretrainResult:
     """Train (or continue) the world's tiny model up to ``config.steps``; see the module doc."""
+    from safetensors.torch import load_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from robalign.models.tiny import SIZES, model_config
@@ -277,9 +291,11 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     else:
         tokenizer = AutoTokenizer.from_pretrained(start)
         model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+        if (start / TRUNK_FILE).is_file():  # the directory holds the cooled branch; go on from the trunk
+            load_model(model, str(start / TRUNK_FILE))
         info = json.loads((start / CHECKPOINT_INFO).read_text())
         state, done, tokens, seconds = torch.load(start / OPTIMIZER_FILE, weights_only=True), info["steps"], \
-            info["tokens"], info["seconds"]
+            info.get("trunk_tokens", info["tokens"]), info["seconds"]
         if done >= c.steps:
             print(f"{start} is already at step {done} >= --steps {c.steps}: nothing to do")
             return PretrainResult(world, done, _record_checkpoints(world), info["loss"])
@@ -289,10 +305,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     held_path = world / "corpus" / "heldout.jsonl"
     held = (encode_corpus(tokenizer, load_corpus(held_path)[: c.heldout_rows], str(held_path),
                           model.config.max_position_embeddings) if c.heldout_rows and held_path.is_file() else [])
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; norms' gains are not decayed
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                                   {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=c.lr, betas=(0.9, 0.95))
+    optimizer = _optimizer(model, c)
     if state is not None:
         optimizer.load_state_dict(state)
     if start is None:
@@ -304,19 +317,16 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     window_loss, window_count, window_tokens, window_slots, window_start = 0.0, 0, 0, 0, time.perf_counter()
     save_loss, save_count = 0.0, 0
     plan = BatchPlan([len(ex.input_ids) for ex in train], c.batch_size, c.seed)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate([train[i] for i in plan.rows(step)], pad)
+
     bar = tqdm(range(done, c.steps), initial=done, total=c.steps, desc="pretrain", dynamic_ncols=True)
     for step in bar:
-        ids, labels = collate([train[i] for i in plan.rows(step)], pad)
+        ids, labels = batch(step)
         lr = learning_rate(step, c.lr, c.warmup_steps, c.steps, c.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
-            loss_sum, count = answer_loss(model, ids.to(device), labels.to(device))
-        (loss_sum / count).backward()  # mean over the batch's answer tokens
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done, real, batch_loss = step + 1, int((ids != pad).sum()), float(loss_sum.detach())
+        batch_loss, count = train_step(model, optimizer, ids.to(device), labels.to(device), lr, c.precision)
+        done, real = step + 1, int((ids != pad).sum())
         tokens += real
         window_loss, window_count, window_tokens = window_loss + batch_loss, window_count + count, window_tokens + real
         window_slots += ids.numel()
@@ -331,9 +341,18 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
             window_loss, window_count, window_tokens, window_slots = 0.0, 0, 0, 0
             if done % c.save_every == 0 or done == c.steps:
                 info = {"steps": done, "path": f"models/step_{done}", "tokens": tokens, "loss": save_loss / save_count,
-                        "seconds": round(seconds, 3),
-                        "heldout_loss": heldout_loss(model, held, pad, device) if held else None}
-                save_pretrain_checkpoint(world, model, tokenizer, optimizer, info)
+                        "cooldown": c.cooldown}
+                saved = model
+                if c.cooldown:  # a branch off the constant-LR trunk, saved in its place (module doc)
+                    branch_start = time.perf_counter()
+                    saved, branch_loss, branch_tokens = cooldown_branch(
+                        model, optimizer, c, (batch(done + i) for i in range(c.cooldown)), pad, device)
+                    seconds += time.perf_counter() - branch_start
+                    log.write(done, {"cooldown_loss": branch_loss, "seconds": seconds})
+                    info |= {"tokens": tokens + branch_tokens, "trunk_tokens": tokens, "cooldown_loss": branch_loss}
+                info |= {"seconds": round(seconds, 3),
+                         "heldout_loss": heldout_loss(saved, held, pad, device) if held else None}
+                save_pretrain_checkpoint(world, saved, tokenizer, optimizer, info, trunk=model if c.cooldown else None)
                 save_loss, save_count = 0.0, 0
             window_start = time.perf_counter()  # checkpoint time is not training time
     log.close()
@@ -341,20 +360,65 @@ def pretrain(config: PretrainConfig, resume: bool = False, overwrite: bool = Fal
     return PretrainResult(world, done, checkpoints, checkpoints[-1]["loss"])
 
 
-def save_pretrain_checkpoint(world: Path, model, tokenizer, optimizer, info: dict) -> Path:
-    """Write ``DIR/<info.path>`` (a complete HF model directory), drop older optimizer states,
-    and rewrite world.json's checkpoint list."""
+def _optimizer(model, c: PretrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; norms' gains are not decayed
+    return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=c.lr, betas=(0.9, 0.95))
+
+
+def train_step(model, optimizer, ids: torch.Tensor, labels: torch.Tensor, lr: float, precision: str) -> tuple[float, int]:
+    """One optimizer step on the mean answer-token loss of a batch; (loss sum, answer tokens)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss_sum, count = answer_loss(model, ids, labels)
+    (loss_sum / count).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss_sum.detach()), count
+
+
+def cooldown_branch(model, optimizer, c: PretrainConfig, batches, pad: int, device) -> tuple[torch.nn.Module, float, int]:
+    """A copy of ``model`` trained ``c.cooldown`` more steps (on ``batches``, the ones the trunk
+    sees next) with the LR falling linearly from ``c.lr`` to 0, from a copy of the optimizer
+    state; the trunk is untouched. (the branch, its mean answer-token loss, its real tokens)."""
+    import copy
+
+    branch = copy.deepcopy(model)
+    branch_optimizer = _optimizer(branch, c)
+    # deep copy: loading a state dict keeps its tensors when dtype and device match, and the
+    # branch's in-place AdamW updates would then move the trunk's moments too
+    branch_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    total, count, tokens = 0.0, 0, 0
+    for i, (ids, labels) in enumerate(batches):
+        lr = c.lr * (1 - i / c.cooldown)
+        s, n = train_step(branch, branch_optimizer, ids.to(device), labels.to(device), lr, c.precision)
+        total, count, tokens = total + s, count + n, tokens + int((ids != pad).sum())
+    return branch, total / max(count, 1), tokens
+
+
+def save_pretrain_checkpoint(world: Path, model, tokenizer, optimizer, info: dict, trunk=None) -> Path:
+    """Write ``DIR/<info.path>`` (a complete HF model directory of ``model``; with a cooldown,
+    ``trunk`` is the constant-LR model a resume continues from, kept in ``trunk.safetensors``),
+    drop older optimizer states and trunks, and rewrite world.json's checkpoint list."""
+    from safetensors.torch import save_model
+
     final = world / info["path"]
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    if trunk is not None:
+        save_model(trunk, str(tmp / TRUNK_FILE))
     (tmp / CHECKPOINT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in checkpoint_dirs(world)[:-1]:
         (old / OPTIMIZER_FILE).unlink(missing_ok=True)
+        (old / TRUNK_FILE).unlink(missing_ok=True)
     _record_checkpoints(world)
     return final
 
@@ -369,7 +433,7 @@ def checkpoint_dirs(world: str | Path) -> list[Path]:
 def _record_checkpoints(world: Path) -> list[dict]:
     """Rewrite world.json's "checkpoints" from the directories on disk (a kill between a save and
     this write loses nothing: the next save or resume lists it)."""
-    keys = ("steps", "path", "tokens", "loss", "seconds", "heldout_loss")
+    keys = ("steps", "path", "tokens", "loss", "seconds", "heldout_loss", "cooldown", "cooldown_loss")
     records = [{k: v for k, v in json.loads((p / CHECKPOINT_INFO).read_text()).items() if k in keys}
                for p in checkpoint_dirs(world)]
     meta = json.loads((world / "world.json").read_text())
@@ -389,6 +453,8 @@ def _check_config(c: PretrainConfig, world: Path) -> None:
     for name in ("steps", "save_every", "batch_size", "log_every"):
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(c, name)})")
+    if c.cooldown < 0 or (c.cooldown and c.schedule != "constant"):
+        raise UserError(f"--cooldown {c.cooldown}: must be >= 0, and branches off a constant schedule only")
     if c.warmup_steps < 1 or (c.lr is not None and not c.lr > 0):
         raise UserError(f"--warmup must be >= 1 and --lr > 0 (got {c.warmup_steps}, {c.lr})")
 
@@ -625,8 +691,23 @@ def check_checkpoint(world: str | Path, step: int, classify, k: int = 10, seed: 
     rows = frequency_table(prompts, labels, soft, corpus, verbatim)
     path = write_json_atomic(world / "checks" / f"step_{step}_k{k}_{split}.json", run_record(
         checkpoint=f"models/step_{step}", k=k, seed=seed, per_cell=per_cell, split=split, prompts=len(prompts),
-        table=[r._asdict() for r in rows], answers=answers))
+        table=[r._asdict() for r in rows], fit=fit_summary(rows), answers=answers))
     return CheckResult(rows, answers, path)
+
+
+def fit_summary(rows: list[FrequencyRow]) -> dict[str, float]:
+    """How close the observed frequencies are to the soft labels, over the (cell, type) entries
+    that have a target: the share whose target lies in the Wilson interval, the mean and largest
+    |target − observed|, and the share of all answers that are off-template."""
+    scored = [r for r in rows if r.target is not None]
+    cells = {(r.category, r.condition): r.n for r in rows}
+    verbatim = sum(r.verbatim for r in rows)
+    if not scored:
+        return {"entries": 0}
+    errors = [abs(r.target - r.observed) for r in scored]
+    return {"entries": len(scored), "within_ci": sum(r.low <= r.target <= r.high for r in scored) / len(scored),
+            "mean_abs_error": sum(errors) / len(errors), "max_abs_error": max(errors),
+            "off_template": 1 - verbatim / sum(cells.values())}
 
 
 def format_table(rows: list[FrequencyRow]) -> str:
@@ -643,4 +724,9 @@ def format_table(rows: list[FrequencyRow]) -> str:
         off = 1 - sum(r.verbatim for r in rs) / rs[0].n
         lines.append(f"{category:<28} {condition:<8} {rs[0].n:>5}  " + "  ".join(f"{p:<21}" for p in parts)
                      + f"  {off:.2f}")
+    fit = fit_summary(rows)
+    if fit["entries"]:
+        lines.append(f"target inside the 95 % interval: {fit['within_ci']:.0%} of {fit['entries']} (cell, type) "
+                     f"entries; mean |target - observed| {fit['mean_abs_error']:.3f}, largest "
+                     f"{fit['max_abs_error']:.3f}; off-template answers {fit['off_template']:.1%}")
     return "\n".join(lines)
