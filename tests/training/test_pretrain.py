@@ -118,7 +118,7 @@ DETERMINISTIC = {"AGE": {"base": {"S": 1.0}, "attacked": {"R": 1.0}},
 
 def config(world, **kw):
     return pt.PretrainConfig(**{"world": str(world), "steps": 6, "save_every": 3, "batch_size": 8, "warmup_steps": 2,
-                                "log_every": 1, "heldout_rows": 8, "device": "cpu"} | kw)
+                                "log_every": 1, "heldout_rows": 8, "device": "cpu", "threads": 1} | kw)
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +344,20 @@ def test_a_cooldown_branch_leaves_the_trunk_alone_and_resumes(tmp_path):
     plain_info = json.loads((plain / "world.json").read_text())["checkpoints"]
     assert info[-1]["tokens"] > plain_info[-1]["tokens"]  # the branch's own steps count
     assert not (cooled / "models" / "step_3" / pt.TRUNK_FILE).exists()  # only the newest keeps the trunk
+
+
+def test_cli_trains_and_asks_for_steps(tmp_path, capsys):
+    from robalign.cli import pretrain as cli
+
+    world = make_world(tmp_path / "w", SOFT, draws=1)
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    with pytest.raises(UserError, match="--steps and --save-every"):
+        cli.run(p.parse_args(["--world", str(world)]))
+    args = ["--world", str(world), "--steps", "2", "--save-every", "2", "--batch-size", "4", "--warmup", "1",
+            "--threads", "1", "--device", "cpu"]
+    assert cli.run(p.parse_args(args)) == 0
+    assert "models/step_2" in capsys.readouterr().out
+    assert [c["steps"] for c in json.loads((world / "world.json").read_text())["checkpoints"]] == [2]
+    config = json.loads((world / "models" / "pretrain.json").read_text())["config"]
+    assert (config["lr"], config["batch_size"], config["threads"]) == (3e-3, 4, 1)  # nano's default LR, resolved
