@@ -85,7 +85,7 @@ class JudgeSetup:
     def describe(self) -> dict[str, Any]:
         template = getattr(self.judge, "template", None)
         return {"label": self.label, **self.kappa,
-                "template": getattr(template, "name", None), "template_version": _version(self.judge),
+                "template": getattr(template, "name", None), "template_version": _version(self.judge) or next((v.template for v in self.verdicts if v.template), None),
                 "samples": getattr(self.judge, "samples", 1), "temperature": getattr(self.judge, "temperature", 0.0),
                 "second_pass": self.second.name if self.second else None,
                 "sample_disagreement": sample_disagreement(self.verdicts) if getattr(self.judge, "samples", 1) > 1
