@@ -158,7 +158,7 @@ class LocalOpenAIServer:
         self.token_limit_fields: Counter[str] = Counter()  # max_tokens / max_completion_tokens / none
         self._arrivals: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd = _Server((host, port), _make_handler(self))
         self._httpd.daemon_threads = True  # a slow-fault thread must not block shutdown
         self._thread: threading.Thread | None = None
 
@@ -259,6 +259,12 @@ class LocalOpenAIServer:
         if fault == "malformed":
             return 200, {}, payload[: len(payload) // 2]
         return 200, {}, payload
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a client with 16 requests in flight saw
+    # connections reset (ReadError) before a thread could accept them
+    request_queue_size = 128
 
 
 def _digest(body: bytes) -> str:
