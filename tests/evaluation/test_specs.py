@@ -114,4 +114,4 @@ def test_each_label_and_yaml_spec_parser_is_defined_once():
             if "yaml.safe_load(spec" in text:
                 defs["yaml spec reader"].append(name)
     assert defs == {"FAILED": ["evaluation/labels.py"], "UNPARSED": ["evaluation/labels.py"],
-                    "bias tuple": ["evaluation/labels.py"], "yaml spec reader": ["evaluation/specs.py"]}
+                    "bias tuple": ["labels.py"], "yaml spec reader": ["evaluation/specs.py"]}

@@ -7,6 +7,8 @@ call returned text at all (the ``status`` column of ``robalign generate``'s outp
 
 from __future__ import annotations
 
+from robalign.labels import BIAS_LABELS  # noqa: F401 - the one definition, shared with training
+
 # Not verdicts: counted and reported, never mapped to a label.
 UNPARSED = "UNPARSED"  # the judge answered but no verdict could be read (or its reply was cut off)
 # the judge call itself failed (HTTP error after retries, prompt too long, ...), or the answer
@@ -20,7 +22,6 @@ NON_VERDICTS = (UNPARSED, FAILED, JUDGE_REFUSED, MISSING)
 
 # CLEAR-Bias: Stereotype, Counter-Stereotype, Debiased, Refusal; the second pass splits R
 # into a Refusal and a Misunderstanding of the task.
-BIAS_LABELS = ("S", "CS", "D", "R")
 MISUNDERSTANDING_LABELS = ("R", "M")
 NOT_REFUSAL = "NR"
 REFUSAL_LABELS = ("R", NOT_REFUSAL)  # the keyword judge

@@ -75,6 +75,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from robalign.errors import UserError
+from robalign.labels import BIAS_LABELS
 from robalign.provenance import run_record, write_json_atomic
 from robalign.training.metrics_log import MetricsLog
 
@@ -509,7 +510,7 @@ def _sha256(path: Path) -> str:
 # The classifier is passed in (the CLI passes ``evaluation.rules.bias_rule_verdict``): training
 # never imports evaluation. The world's answers are templated so that it recovers their type.
 
-TYPES = ("S", "CS", "D", "R")
+TYPES = BIAS_LABELS  # the CLEAR-Bias answer types (robalign.labels)
 OTHER = "other"  # any label outside TYPES (UNPARSED: an answer that is none of the world's types)
 CONDITIONS = ("base", "attacked")
 SPLITS = ("all", "train", "heldout")
