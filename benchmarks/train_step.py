@@ -294,7 +294,7 @@ def report(args, n_params: int, ours: list[dict], trl: list[dict], shapo: dict, 
     return {
         "benchmark": "train_step", "model": args.model or f"tiny llama {args.size}", "parameters": n_params,
         "data": args.data or "synthetic", "reference_amortised_over_epochs": args.epochs,
-        "batch_pairs": args.batch, "max_length": args.max_length, "min_tokens": args.min_tokens,
+        "batch_pairs": args.batch, "max_length": args.max_length, "min_tokens": getattr(args, "min_tokens", 0),
         "mean_tokens_per_sequence": round(statistics.mean(o["mean_tokens_per_sequence"] for o in ours), 1),
         "threads": torch.get_num_threads(), "device": "cpu", "steps_timed": args.steps, "rounds": args.rounds,
         "load_average_1m": round(os.getloadavg()[0], 2),
