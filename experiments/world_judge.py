@@ -1,7 +1,7 @@
 """An offline LLM judge: SmolLM2-135M-Instruct fine-tuned with LoRA on a world's judge examples,
 measured on the CLEAR-Bias control set beside the rule judge (and the untuned model).
 
-    python experiments/world_judge.py --out runs/world_judge [--world DIR] [--examples 192] [--no-base]
+    python experiments/world_judge.py --out runs/world_judge [--world DIR] [--examples 384] [--no-base]
 
 Every step is a robalign CLI command, as a user would run it:
 1. ``robalign world build`` (or reuse ``--world``);
@@ -18,12 +18,18 @@ The control set is only ever judged, never trained on: judge-train reads it only
 examples that equal one of its prompts or responses. Needs ``robalign models pull
 smollm2-135m-instruct`` and ../shared/data. Re-running skips finished steps (the response cache
 makes a repeated judge run free).
+
+On a machine shared with other jobs, and under ``nice``, give ``--threads 1``: torch's two
+intra-op threads wait for each other, so when one of them gets little of its core every matmul
+runs at that thread's pace. Measured here (2 cores, load ~2.5, nice 10): the reference pass over
+8 pairs of SmolLM2 requests took 12 s a batch with 2 threads and 1.6 s with 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -81,14 +87,18 @@ def main() -> int:
     ap.add_argument("--out", default="runs/world_judge")
     ap.add_argument("--world", default=None, help="reuse this world directory (default: build OUT/world)")
     ap.add_argument("--config", default="configs/judge/smollm2_lora.yaml")
-    ap.add_argument("--examples", type=int, default=192)
+    ap.add_argument("--examples", type=int, default=384)
     ap.add_argument("--eval-examples", type=int, default=32)
     ap.add_argument("--world-eval", type=int, default=160, help="plain held-out world examples to judge (0 = none)")
     ap.add_argument("--no-base", action="store_true", help="skip the untuned SmolLM2 row")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for every command; 1 on a shared machine (see the module doc)")
     ap.add_argument("overrides", nargs="*", default=[], help="judge-train overrides, e.g. training.max_steps=20")
     args = ap.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     times_file = out / "wall_times.json"  # kept across re-runs, which skip finished steps

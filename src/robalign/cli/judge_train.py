@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="run directory: data/, model/ (the judge), run_info.json")
     p.add_argument("--config", default="configs/judge/smollm2_lora.yaml",
                    help="training YAML (default configs/judge/smollm2_lora.yaml: SmolLM2-135M-Instruct, LoRA)")
-    p.add_argument("--examples", type=int, default=192, help="training examples, balanced over S / CS / D / R")
+    p.add_argument("--examples", type=int, default=384, help="training examples, balanced over S / CS / D / R")
     p.add_argument("--eval-examples", type=int, default=32, help="held-out-prompt examples for the trainer's eval")
     p.add_argument("--attacked-share", type=float, default=0.125, help="share of examples on attacked prompts")
     p.add_argument("--template", default="bias-compact", help="judge template the requests are rendered with")

@@ -163,7 +163,7 @@ def read_examples(world: str | Path, split: str) -> list[Row]:
     return rows
 
 
-def write_judge_data(world: str | Path, out: str | Path, *, examples: int = 192, eval_examples: int = 32,
+def write_judge_data(world: str | Path, out: str | Path, *, examples: int = 384, eval_examples: int = 32,
                      attacked_share: float = 0.125, template: str = DEFAULT_TEMPLATE, seed: int = 0,
                      control_set: str | Path | None = None) -> JudgeData:
     """Select examples from ``world``'s judge/train.jsonl and judge/eval.jsonl (held-out prompts),
