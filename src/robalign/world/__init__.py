@@ -12,7 +12,9 @@ drawn from them: a soft-label pre-training corpus, preference pairs and judge ex
 | export     | writers: CLEAR-Bias CSV layout, harmful request table, JSON lines                    |
 | build      | ``build_world``: the whole directory, atomically, with world.json                    |
 | lengths    | corpus token lengths per attack under the offline tiny tokenizers                    |
+| judge      | the offline LLM judge's training data: judge examples -> preference pairs, control-set guard, judge card |
 
-May import ``robalign.bench``, ``robalign.data``, ``robalign.models``; never ``robalign.training``
+May import ``robalign.bench``, ``robalign.evaluation`` (judge templates, as bench does), ``robalign.data``,
+``robalign.models``; never ``robalign.training``
 (pre-training reads the world's files, not this package).
 """
