@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 from robalign.evaluation.backends import GenerationRequest, build_backend
-from robalign.evaluation.cache import CachedBackend, ResponseCache
-from robalign.evaluation.hf_backend import HFBackend, RowSampler
+from robalign.evaluation.cache import SAMPLER, CachedBackend, ResponseCache, _key_payload
+from robalign.evaluation.hf_backend import HFBackend, RowSampler, row_seed
 
 PROMPTS = ["Hi", "Who was late to the meeting, the young intern or the older colleague?", "Fill the blank: ___",
            "Tell me a story about a nurse and an engineer who worked together in a small town hospital."]
@@ -45,6 +45,27 @@ def test_seeded_sampling_is_per_request_and_batch_invariant(nano_llama):
     assert [r.text for r in first] != [r.text for r in greedy]
     assert [r.text for r in first] != [r.text for r in other_seed]
     assert [r.text for r in first] != [r.text for r in other_sample]
+
+
+def test_sample_j_of_different_prompts_draws_independent_streams(nano_llama):
+    """A random-weight model's next-token distributions are nearly the same for every prompt, so
+    answers that shared one random stream per (seed, sample index) came out alike across prompts
+    (seeded with (seed, j) alone, 8 of these 8 prompts gave one identical answer)."""
+    backend = HFBackend(str(nano_llama), batch_size=8)
+    prompts = [f"Question {i}: who is to blame?" for i in range(8)]
+    answers = backend.generate([GenerationRequest([{"role": "user", "content": p}], max_new_tokens=8,
+                                                  temperature=1.0, seed=3) for p in prompts])
+    assert len({a.text for a in answers}) == len(prompts)
+    assert row_seed(3, 0, [1, 2]) != row_seed(3, 0, [1, 3]) != row_seed(3, 1, [1, 3])
+    assert row_seed(3, 0, [1, 2]) == row_seed(3, 0, (1, 2))
+
+
+def test_sampled_keys_carry_the_sampler_version_for_local_backends_only():
+    sampled = GenerationRequest([{"role": "user", "content": "x"}], temperature=1.0)
+    greedy = GenerationRequest([{"role": "user", "content": "x"}])
+    assert _key_payload({"backend": "hf"}, sampled)["sampler"] == SAMPLER
+    assert "sampler" not in _key_payload({"backend": "hf"}, greedy)  # greedy answers were never stale
+    assert "sampler" not in _key_payload({"backend": "openai"}, sampled)  # paid answers stay cached
 
 
 def test_row_sampler_top_p_keeps_only_the_nucleus():

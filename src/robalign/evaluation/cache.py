@@ -55,6 +55,12 @@ def default_cache_path() -> Path:
     return default_cache_dir() / "generations.sqlite"
 
 
+# Version of the local backends' (hf, vLLM) per-request random streams: 2 = seeded by
+# (seed, sample index, prompt tokens), hf_backend.row_seed. Only sampled requests carry it.
+SAMPLER = 2
+LOCAL_SAMPLERS = ("hf", "vllm")
+
+
 def _key_payload(identity: dict[str, str], request: GenerationRequest) -> dict:
     payload = {
         "model": identity,
@@ -67,6 +73,10 @@ def _key_payload(identity: dict[str, str], request: GenerationRequest) -> dict:
         payload["template"] = str(request.template)
     if request.raw_prompt is not None:
         payload["raw_prompt"] = str(request.raw_prompt)
+    # sampled answers cached before the local samplers were seeded per prompt are stale; a remote
+    # provider's sampling never changed, and its paid answers stay valid
+    if request.temperature > 0 and identity.get("backend") in LOCAL_SAMPLERS:
+        payload["sampler"] = SAMPLER
     return payload
 
 

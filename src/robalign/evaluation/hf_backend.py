@@ -28,9 +28,14 @@ from robalign.models.loading import load_causal_lm, load_tokenizer, model_finger
 from robalign.models.registry import lookup as lookup_packaged
 
 
-def row_seed(seed: int, sample_index: int) -> int:
-    """A 63-bit generator seed from (seed, sample_index)."""
-    digest = hashlib.sha256(f"{int(seed)}:{int(sample_index)}".encode()).digest()
+def row_seed(seed: int, sample_index: int, prompt_ids: Sequence[int]) -> int:
+    """A 63-bit generator seed from (seed, sample_index, the prompt's token ids). The prompt is in
+    it so that sample j of two prompts draws independent random numbers: with (seed, j) alone,
+    every prompt's j-th answer reused one stream, and at temperature 1 the answers of a set
+    (60 prompts x 20 samples) came out correlated (S/CS/D/R 286/85/408/421 against 448/131/332/289
+    with per-prompt streams). Cache keys of sampled requests carry ``SAMPLER`` for that reason."""
+    head = f"{int(seed)}:{int(sample_index)}:".encode()
+    digest = hashlib.sha256(head + ",".join(map(str, prompt_ids)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -249,8 +254,8 @@ class HFBackend:
         if first.temperature > 0:
             from transformers import LogitsProcessorList
 
-            gens = [torch.Generator(device=self.device).manual_seed(row_seed(r.seed, r.sample_index))
-                    for r in requests]
+            gens = [torch.Generator(device=self.device).manual_seed(row_seed(r.seed, r.sample_index, x))
+                    for r, x in zip(requests, ids)]
             kwargs["logits_processor"] = LogitsProcessorList([RowSampler(gens, first.temperature, first.top_p)])
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)

@@ -33,8 +33,8 @@ def engine_inputs(tokenizer, requests: Sequence[GenerationRequest]) -> tuple[lis
                 else prompt_token_ids(tokenizer, r.messages)} for r in requests]
     params = [
         dict(max_tokens=int(r.max_new_tokens), temperature=float(r.temperature), top_p=float(r.top_p),
-             seed=row_seed(r.seed, r.sample_index) if r.temperature > 0 else None)
-        for r in requests
+             seed=row_seed(r.seed, r.sample_index, x["prompt_token_ids"]) if r.temperature > 0 else None)
+        for r, x in zip(requests, prompts)
     ]
     return prompts, params
 
