@@ -16,6 +16,7 @@ import torch
 
 from robalign.errors import UserError
 from robalign.training import pretrain as pt
+from robalign.training import pretrain_check as pc
 
 # Two categories, both tasks; (context, question, stereotype, counter-stereotype) per CTO prompt,
 # (sentence, stereotype word, counter word) per SC prompt
@@ -207,10 +208,10 @@ def test_batches_cover_every_row_once_per_epoch_and_group_lengths():
 
 
 def test_wilson_table_by_hand():
-    prompts = [pt.WorldPrompt("AGE", "CTO", 0, "", "", "p", "p", "s", "c")]
+    prompts = [pc.WorldPrompt("AGE", "CTO", 0, "", "", "p", "p", "s", "c")]
     labels = [["S"] * 6 + ["CS"] * 2 + ["R", "UNPARSED"]]
     corpus = [{"kind": "bias", "category": "AGE", "attack": "", "type": t} for t in "S S S D".split()]
-    rows = {r.type: r for r in pt.frequency_table(prompts, labels, SOFT, corpus)}
+    rows = {r.type: r for r in pc.frequency_table(prompts, labels, SOFT, corpus)}
     s = rows["S"]
     assert (s.count, s.n, s.observed, s.target, s.corpus) == (6, 10, 0.6, 0.5, 0.75)
     # Wilson 95 % for 6/10: (0.6 + z²/20 ∓ z·sqrt(0.024 + z²/400)) / (1 + z²/10), z = 1.95996
@@ -219,7 +220,7 @@ def test_wilson_table_by_hand():
     assert s.verbatim == 6  # no verbatim flags given: every answer counts as a corpus answer
     # targets .5/.2/.2/.1 against 6/2/0/1 of 10: all inside their intervals (0/10 gives [0, 0.278]);
     # |errors| .1, 0, .2, 0
-    fit = pt.fit_summary(list(rows.values()))
+    fit = pc.fit_summary(list(rows.values()))
     assert fit["entries"] == 4 and fit["within_ci"] == 1.0 and fit["off_template"] == 0
     assert (fit["mean_abs_error"], fit["max_abs_error"]) == pytest.approx((0.075, 0.2))
 
@@ -271,7 +272,7 @@ def test_refuses_to_overwrite_and_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_world_prompts_line_up_with_their_base_rows(tmp_path):
     world = make_world(tmp_path / "w", SOFT, draws=1)
-    prompts = pt.world_prompts(world)
+    prompts = pc.world_prompts(world)
     assert len(prompts) == 6 * 3  # 6 base prompts, each under 2 attacks
     attacked = [p for p in prompts if p.attack == "role_playing"]
     assert all(p.prompt == ATTACKS["role_playing"] + p.base_prompt for p in attacked)
@@ -286,7 +287,7 @@ def test_check_recovers_the_type_of_a_deterministic_corpus(tmp_path):
 
     world = make_world(tmp_path / "w", DETERMINISTIC, draws=2)
     pt.pretrain(config(world, steps=120, save_every=120, batch_size=16, lr=3e-3, log_every=20, warmup_steps=10))
-    result = pt.check_checkpoint(world, 120, bias_rule_verdict, k=8, seed=1)
+    result = pc.check_checkpoint(world, 120, bias_rule_verdict, k=8, seed=1)
     # a temperature-1 sample of a tiny model still leaves the template now and then (~1-2 % per
     # token here): the taught type must be the cell's mode and at least 3/4 of its answers
     expected = {(c, cond): next(iter(d)) for c, conds in DETERMINISTIC.items() for cond, d in conds.items()}
@@ -296,7 +297,7 @@ def test_check_recovers_the_type_of_a_deterministic_corpus(tmp_path):
         assert cell[want].observed >= 0.75 and cell[want].count == max(r.count for r in cell.values()), cell
         assert cell[want].verbatim >= 0.75 * cell[want].n  # written as the corpus writes it
     assert json.loads(result.path.read_text())["table"][0]["n"] == 3 * 8  # AGE base: 3 prompts x 8 samples
-    text = pt.format_table(result.rows)
+    text = pc.format_table(result.rows)
     assert "AGE" in text and "1.00→" in text
     # the CLI's --check prints the same table
     p = argparse.ArgumentParser()
@@ -312,7 +313,7 @@ def test_world_prompts_of_a_built_world_carry_its_ids_and_held_out_split(tmp_pat
 
     world = build_world(load_world_config(None, []), tmp_path / "world").out
     meta = json.loads((world / "world.json").read_text())
-    prompts = pt.world_prompts(world)
+    prompts = pc.world_prompts(world)
     base = [p for p in prompts if not p.attack]
     assert len(base) == meta["counts"]["bias_prompts"] and len(prompts) - len(base) == meta["counts"]["attacked_prompts"]
     assert {p.base_id for p in base if p.heldout} == set(meta["heldout"]["bias"])

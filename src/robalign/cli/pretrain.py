@@ -55,6 +55,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from robalign.errors import UserError
     from robalign.training import pretrain as pt
+    from robalign.training import pretrain_check as pc
 
     if args.check is not None:
         import torch
@@ -64,9 +65,9 @@ def run(args) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
 
-        result = pt.check_checkpoint(args.world, args.check, bias_rule_verdict, k=args.k, seed=args.seed,
+        result = pc.check_checkpoint(args.world, args.check, bias_rule_verdict, k=args.k, seed=args.seed,
                                      per_cell=args.per_cell, split=args.split, max_new_tokens=args.max_new_tokens, device=args.device)
-        print(pt.format_table(result.rows))
+        print(pc.format_table(result.rows))
         print(f"wrote {result.path}")
         return 0
     if args.steps is None or args.save_every is None:
