@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from robalign.errors import UserError
+from robalign.shipped_configs import resolve_config
 
 
 class ConfigError(UserError, ValueError):
@@ -230,14 +231,21 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _resolve(path: str | Path) -> Path:
+    """An existing file, else the shipped config of that name (``dpo_tiny``, ``train/dpo_tiny``)."""
+    try:
+        return resolve_config(path)
+    except UserError as exc:  # callers catch ConfigError for every config mistake
+        raise ConfigError(str(exc)) from None
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
     """Build a ``cls`` instance from an optional YAML file plus dotted overrides."""
     data: dict = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (shipped examples are in configs/)")
+        path = _resolve(path)
+        source = str(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
