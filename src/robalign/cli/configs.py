@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
     ls = sub.add_parser("list", help="one line per shipped config: name, kind, description")
     ls.add_argument("--kind", choices=KINDS, default=None, help="only configs of this kind")
     cp = sub.add_parser("cp", help="copy a shipped config to a file or folder, to edit it")
-    cp.add_argument("name", metavar="NAME", help="a shipped config: dpo_tiny, train/dpo_tiny (see `robalign configs list`)")
+    cp.add_argument("name", metavar="NAME", help="a shipped config: dpo_tiny or train/dpo_tiny (`robalign configs list`)")
     cp.add_argument("dest", metavar="DEST", help="file to write, or an existing folder (writes DEST/NAME.yaml)")
     cp.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
 
