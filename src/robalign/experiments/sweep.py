@@ -1,0 +1,623 @@
+"""Sweeps: a grid of cells from YAML, each cell run once, resumable, locally or as Ray tasks.
+
+A sweep config (``configs/sweep/*.yaml``, ``SweepConfig`` below) names a base training
+config, the alignment methods (name -> dotted train overrides; ``none`` is reserved for the
+un-aligned model benchmarked as it is) and a ``grid``: the cartesian product of its lists is
+the set of cells, minus those a ``skip`` rule drops (``method=none and data.noise_rate>0``:
+noise means nothing without training). A cell's id is the first 12 hex digits of the
+SHA-256 of the canonical JSON (sorted keys) of the sweep name and the cell's params, so it
+does not depend on the order of keys in the YAML, and values are coerced to TrainConfig's
+field types first (``0`` and ``0.0`` are one noise rate, one cell).
+
+``run_sweep`` is the loop: record the sweep in the store (its config, git hash and
+versions), let the runner prepare what every cell shares (world, pre-training), then for
+each cell not yet done: claim it in the store, run it in ``OUT/cells/<id>/``, and write its
+metrics and samples in one transaction. The store is the only record of what is done, so a
+sweep killed at any point and run again skips every finished cell and runs the rest; a cell
+that raised is marked failed (traceback in ``OUT/cells/<id>/error.txt``), the others go on,
+and the next run retries it. A lock file keeps two drivers off one ``OUT`` on one host,
+which is what lets a new driver take back the cells a killed one left ``running``.
+
+The runner is a module (or any object) with ``prepare(sweep, log)`` and
+``run_cell(sweep, cell, cell_dir, log) -> CellResult(metrics, samples, provenance)``;
+the default is ``robalign.experiments.pipeline``. The Ray executor runs each cell as a
+``ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell)`` task that imports the runner
+by its module path, claims the cell, runs it and writes its own result to the store; the
+driver only waits and counts. Ray is imported lazily (``pip install robalign[ray]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fcntl
+import hashlib
+import importlib
+import itertools
+import json
+import operator
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robalign.config import ConfigError, TrainConfig, load_config, validate_train_config
+from robalign.errors import UserError
+from robalign.shipped_configs import resolve_config
+
+LANES = ("world", "smollm2")  # world: tiny models, duration = pretrain.steps; smollm2: duration = training.max_steps
+EXECUTORS = ("local", "ray")
+NONE_METHOD = "none"  # reserved: the base model benchmarked as it is, no alignment
+CELL_KEYS = ("method", "seed")  # params every cell has (seed defaults to [0], method to every method)
+DEFAULT_RUNNER = "robalign.experiments.pipeline"
+ID_HEX = 12  # 48 bits: a collision among 10^4 cells has probability ~2e-7
+
+
+@dataclass
+class WorldSection:
+    dir: str | None = None  # an existing world directory; None = build one in OUT/world
+    overrides: list[str] = field(default_factory=list)  # world build key=value
+
+
+@dataclass
+class PretrainSection:  # world lane only
+    size: str = "nano"  # tiny model size (robalign.models.tiny.SIZES)
+    cooldown: int = 200  # steps of linear LR decay branched off the trunk at each saved duration
+    threads: int = 1  # torch threads (1 is ~4x faster than 2 on a busy 2-core machine)
+    overrides: list[str] = field(default_factory=list)  # robalign pretrain key=value
+
+
+@dataclass
+class TrainSection:
+    config: str = "configs/train/dpo_tiny.yaml"  # base train config of every cell: a file, or a shipped name
+    overrides: list[str] = field(default_factory=list)  # dotted TrainConfig overrides for every cell
+
+
+@dataclass
+class ClearBiasSection:
+    judges: list[str] = field(default_factory=lambda: ["rule"])  # rule, llm (the world's trained judge) ...
+    samples: int = 1  # answers per prompt
+    temperature: float = 0.0
+    max_new_tokens: int = 48
+    attacks: list[str] | None = None  # None = every attack the world has
+
+
+@dataclass
+class HarmfulSection:
+    judge: str = "rule"
+    max_new_tokens: int = 48
+
+
+@dataclass
+class BenchSection:
+    clear_bias: ClearBiasSection = field(default_factory=ClearBiasSection)
+    harmful: HarmfulSection = field(default_factory=HarmfulSection)
+
+
+@dataclass
+class ExecutorSection:
+    kind: str = "local"  # local (in this process, one cell at a time) | ray
+    workers: int = 1  # ray: cells at once on a local instance (its num_cpus = workers * cpus_per_cell)
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 0.0
+
+
+@dataclass
+class SweepConfig:
+    name: str = ""  # the sweep's key in the store; empty = the file's stem
+    lane: str = "world"  # world | smollm2
+    out: str | None = None  # cell dirs OUT/cells/<id>/; None = runs/sweeps/<name>
+    world: WorldSection = field(default_factory=WorldSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> dotted train overrides
+    grid: dict[str, Any] = field(default_factory=dict)  # dotted key -> list of values (cartesian product)
+    skip: list[str] = field(default_factory=list)  # rules like "method=none and data.noise_rate>0"
+    bench: BenchSection = field(default_factory=BenchSection)
+    executor: ExecutorSection = field(default_factory=ExecutorSection)
+    store: str | None = None  # SQLAlchemy URL; None = sqlite:///OUT/results.sqlite
+    source: str = field(default="<defaults>", compare=False, repr=False)  # the file it came from (not a YAML key)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/sweeps/{self.name}")
+
+    def to_dict(self) -> dict:
+        """What the store keeps (and compares on a re-run): every field but ``source``."""
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return data
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    params: dict  # dotted key -> value; always method and seed
+    label: str  # "method=dpo noise_rate=0.2 steps=300 seed=0"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and checking
+# --------------------------------------------------------------------------------------------
+
+
+def train_fields() -> dict[str, Any]:
+    """TrainConfig's dotted leaf fields -> their type (``data.noise_rate`` -> float)."""
+    import typing
+
+    def walk(cls: type, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, tp in typing.get_type_hints(cls).items():
+            out |= walk(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else {f"{prefix}{name}": tp}
+        return out
+
+    return walk(TrainConfig, "")
+
+
+def _train_key(key: str, fields: dict[str, Any]) -> bool:
+    """A leaf field, or an entry of a dict field (``loss.losses.sft``)."""
+    return key in fields or any(key.startswith(f + ".") and "dict" in str(tp) for f, tp in fields.items())
+
+
+def _flatten(mapping: dict, fields: dict[str, Any], prefix: str = "") -> dict:
+    """Nested override mappings -> dotted keys, stopping at TrainConfig leaves (a dict-valued
+    field such as ``loss.losses`` stays whole). Dotted CLI overrides arrive nested."""
+    out: dict = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in fields:
+            out |= _flatten(value, fields, dotted + ".")
+        else:
+            out[dotted] = value
+    return out
+
+
+def _resolve(value: str | Path, kind: str) -> Path:
+    """A file, else the shipped ``configs/<kind>/<value>.yaml`` (robalign.shipped_configs)."""
+    try:
+        return resolve_config(value, kind)
+    except ConfigError:
+        raise
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _as_override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"  # JSON is YAML flow syntax: strings stay strings, null stays None
+
+
+def load_sweep_config(path_or_name: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """A sweep from a YAML file, or a shipped ``configs/sweep/NAME.yaml``, plus dotted overrides
+    (grid lists as YAML: ``grid.seed=[0,1]``); checked, with errors naming the file and key."""
+    path = _resolve(path_or_name, "sweep")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if isinstance(data, dict) and "source" in data:
+        raise ConfigError(f"{path}: unknown key 'source'")
+    sweep = load_config(SweepConfig, path, overrides)
+    sweep.source = str(path)
+    sweep.name = sweep.name or path.stem
+    fields = train_fields()
+    sweep.grid = {k: v if isinstance(v, list) else [v] for k, v in _flatten(sweep.grid, fields).items()}
+    sweep.methods = {name: _flatten(o or {}, fields) for name, o in sweep.methods.items()}
+    validate_sweep(sweep)
+    return sweep
+
+
+def validate_sweep(sweep: SweepConfig) -> None:
+    """Semantic checks: lane, executor, methods, grid keys and values, skip rules, the train config."""
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{sweep.source}: {key}: {problem}")
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", sweep.name):
+        fail("name", f"'{sweep.name}' must be letters, digits, '_', '-' or '.' (it names the sweep in the store)")
+    if sweep.lane not in LANES:
+        fail("lane", f"'{sweep.lane}' is not one of {', '.join(LANES)}")
+    if sweep.executor.kind not in EXECUTORS:
+        fail("executor.kind", f"'{sweep.executor.kind}' is not one of {', '.join(EXECUTORS)}")
+    if sweep.executor.workers < 1 or sweep.executor.cpus_per_cell <= 0 or sweep.executor.gpus_per_cell < 0:
+        fail("executor", "workers must be >= 1, cpus_per_cell > 0 and gpus_per_cell >= 0")
+    if sweep.lane == "world":
+        from robalign.models.tiny import SIZES
+
+        if sweep.pretrain.size not in SIZES:
+            fail("pretrain.size", f"'{sweep.pretrain.size}' is not one of {', '.join(SIZES)}")
+    if NONE_METHOD in sweep.methods:
+        fail(f"methods.{NONE_METHOD}", "'none' is reserved for the un-aligned model (no training); "
+             "use it in grid.method without defining it, and give your method another name")
+    fields = train_fields()
+    for name, method in sweep.methods.items():
+        for key in method:
+            if not _train_key(key, fields):
+                fail(f"methods.{name}.{key}", f"not a train config key.{_suggest(key, fields)}")
+    allowed = {*CELL_KEYS, *(["pretrain.steps"] if sweep.lane == "world" else [])}
+    for key, values in sweep.grid.items():
+        if key not in allowed and not _train_key(key, fields):
+            where = "" if sweep.lane == "world" or key != "pretrain.steps" else " (pretrain.steps is world-lane only; " \
+                "smollm2's duration is training.max_steps)"
+            fail(f"grid.{key}", f"not a grid key{where}.{_suggest(key, [*allowed, *fields])} Grid keys: "
+                 "method, seed, pretrain.steps (world lane) and any dotted train config key")
+        if not values:
+            fail(f"grid.{key}", "the list is empty (every cell needs a value)")
+    for method in sweep.grid.get("method", []):
+        if method != NONE_METHOD and method not in sweep.methods:
+            fail("grid.method", f"unknown method '{method}'.{_suggest(str(method), sweep.methods)} "
+                 f"Define it under methods: (known: {', '.join(sweep.methods) or 'none'}; 'none' = no training)")
+    if "method" not in sweep.grid and not sweep.methods:
+        fail("methods", "no methods and no grid.method: name at least one method (e.g. dpo: {})")
+    for i, rule in enumerate(sweep.skip):
+        parse_skip(rule, f"{sweep.source}: skip[{i}]", set(_grid(sweep)))
+    try:
+        base = load_config(TrainConfig, _resolve(sweep.train.config, "train"), sweep.train.overrides)
+        validate_train_config(base)
+    except ConfigError as exc:
+        fail("train", str(exc))
+    for key in ("pretrain.steps", "seed"):
+        for value in sweep.grid.get(key, []):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                fail(f"grid.{key}", f"values must be whole numbers >= 0, got {value!r}")
+    cells = expand(sweep)  # coerces every value to its field type, evaluates every skip rule
+    if not cells:
+        fail("skip", "the rules drop every cell of the grid")
+    for cell in cells:
+        try:
+            validate_train_config(cell_train_config(sweep, cell))
+        except ConfigError as exc:
+            fail("grid", f"cell {cell.label}: {exc}")
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Skip rules: "KEY OP VALUE [and|or KEY OP VALUE ...]", values read as YAML scalars (no eval)
+# --------------------------------------------------------------------------------------------
+
+# a value is one word, number or quoted string: "method = none and" is an error, not the value "none and"
+_COMPARISON = re.compile(r"""^\s*([A-Za-z_][\w.]*)\s*(==|!=|<=|>=|=|<|>)\s*("[^"]*"|'[^']*'|[^\s"']+)\s*$""")
+_OPS: dict[str, Callable[[Any, Any], bool]] = {"=": operator.eq, "==": operator.eq, "!=": operator.ne,
+                                               "<": operator.lt, "<=": operator.le, ">": operator.gt,
+                                               ">=": operator.ge}
+
+
+@dataclass(frozen=True)
+class SkipRule:
+    text: str
+    any_of: tuple[tuple[tuple[str, str, Any], ...], ...]  # or over ands of (key, op, value)
+
+    def matches(self, params: dict) -> bool:
+        try:
+            return any(all(_OPS[op](params.get(key), value) for key, op, value in clauses) for clauses in self.any_of)
+        except TypeError:
+            raise UserError(f"skip rule '{self.text}' compares values of different kinds in cell {params} "
+                            "(e.g. a number with a word, or null with <)") from None
+
+
+def parse_skip(text: str, where: str, keys: set[str]) -> SkipRule:
+    """``method=none and data.noise_rate>0`` -> a SkipRule; ``and`` binds tighter than ``or``."""
+    any_of = []
+    for alternative in re.split(r"\s+or\s+", str(text).strip()):
+        clauses = []
+        for part in re.split(r"\s+and\s+", alternative):
+            m = _COMPARISON.match(part)
+            if not m:
+                raise ConfigError(f"{where}: cannot read '{part}' in '{text}': write KEY OP VALUE joined by and/or, "
+                                  "OP one of = != < <= > >=, VALUE one word, number or quoted string "
+                                  "(e.g. method=none and data.noise_rate>0)")
+            key, op, raw = m.groups()
+            if key not in keys:
+                raise ConfigError(f"{where}: '{key}' is not a grid key.{_suggest(key, keys)} Grid keys: "
+                                  f"{', '.join(sorted(keys))}")
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise ConfigError(f"{where}: '{raw}' in '{text}' is not a value (a number, a word, true/false, "
+                                  "null)") from None
+            clauses.append((key, op, value))
+        any_of.append(tuple(clauses))
+    return SkipRule(str(text), tuple(any_of))
+
+
+# --------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------
+
+
+def _grid(sweep: SweepConfig) -> dict[str, list]:
+    """The grid with method and seed filled in: every method (never none) and seed 0 unless given."""
+    grid = dict(sweep.grid) if "method" in sweep.grid else {"method": list(sweep.methods), **sweep.grid}
+    grid.setdefault("seed", [0])
+    return grid
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """A train-config grid value as the field's type (``0`` -> ``0.0`` for a float field)."""
+    if key in ("method", "seed", "pretrain.steps"):
+        return value
+    config = load_config(TrainConfig, None, [_as_override(key, value)])
+    node: Any = config
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def cell_id(sweep_name: str, params: dict) -> str:
+    blob = json.dumps({"sweep": sweep_name, "params": params}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:ID_HEX]
+
+
+def expand(sweep: SweepConfig) -> list[Cell]:
+    """Every cell of the grid (cartesian product in the YAML's key order) that no skip rule drops."""
+    grid = _grid(sweep)
+    try:
+        values = {k: [_coerce(k, v) for v in vs] for k, vs in grid.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{sweep.source}: grid: {exc}".replace("<defaults>: ", "")) from None
+    for key, vs in values.items():
+        if len({json.dumps(v, sort_keys=True) for v in vs}) < len(vs):
+            raise ConfigError(f"{sweep.source}: grid.{key}: a value is listed twice ({vs}); each value once")
+    rules = [parse_skip(rule, f"{sweep.source}: skip[{i}]", set(grid)) for i, rule in enumerate(sweep.skip)]
+    order = ["method", *[k for k in grid if k not in CELL_KEYS], "seed"]  # label order: method first, seed last
+    short = {k: k.rsplit(".", 1)[-1] for k in order}
+    short = {k: s if list(short.values()).count(s) == 1 else k for k, s in short.items()}
+    cells = []
+    for combo in itertools.product(*values.values()):
+        params = dict(zip(values, combo))
+        if any(rule.matches(params) for rule in rules):
+            continue
+        label = " ".join(f"{short[k]}={params[k]}" for k in order)
+        cells.append(Cell(cell_id(sweep.name, params), params, label))
+    return cells
+
+
+def cell_train_config(sweep: SweepConfig, cell: Cell) -> TrainConfig:
+    """The cell's TrainConfig: the base file, train.overrides, the method's overrides, then the
+    cell's train-config grid values. method, seed and pretrain.steps are the runner's to apply."""
+    method = sweep.methods.get(cell.params["method"], {})
+    grid = [_as_override(k, v) for k, v in cell.params.items() if k not in (*CELL_KEYS, "pretrain.steps")]
+    return load_config(TrainConfig, _resolve(sweep.train.config, "train"), [*sweep.train.overrides, *(_as_override(k, v) for k, v in method.items()),
+                                           *grid])
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+def default_store_url(sweep: SweepConfig) -> str:
+    return sweep.store or f"sqlite:///{(sweep.out_dir / 'results.sqlite').resolve()}"
+
+
+def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | None = None, restart: bool = False,
+              dry_run: bool = False, log: Callable[[str], None] = print, runner: Any = None) -> dict:
+    """Run every cell of ``sweep`` not yet done in the store; return the summary (also OUT/sweep.json).
+
+    ``runner``: a module path, a module, or an object with ``prepare`` and ``run_cell``
+    (default ``robalign.experiments.pipeline``); the ray executor needs an importable module."""
+    from robalign.evaluation.specs import redact_url
+
+    executor = executor or sweep.executor.kind
+    if executor not in EXECUTORS:
+        raise UserError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
+    url = store_url or default_store_url(sweep)
+    cells = expand(sweep)
+    if dry_run:
+        return _dry_run(sweep, cells, url)
+    from robalign.experiments.store import Store
+    from robalign.provenance import run_record, write_json_atomic
+
+    start = time.perf_counter()
+    out = sweep.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with _driver_lock(out):
+        store = Store(url)
+        if restart:
+            store.delete_sweep(sweep.name)
+            shutil.rmtree(out / "cells", ignore_errors=True)
+        from robalign.evaluation.specs import redact_value
+
+        store.add_sweep(sweep.name, sweep.to_dict(), run_record(redact=redact_value, source=sweep.source))
+        status = store.status(sweep.name)
+        already = [c for c in cells if status.get(c.id) == "done"]
+        pending = [c for c in cells if status.get(c.id) != "done"]
+        log(f"sweep {sweep.name}: {len(cells)} cells, {len(already)} done, {len(pending)} to run "
+            f"({executor}, store {redact_url(url)})")
+        module = _resolve_runner(runner)
+        module.prepare(sweep, log)
+        worker = f"{socket.gethostname()}:{Path(out).resolve()}"  # one driver per host and OUT (the lock)
+        run = _run_ray if executor == "ray" else _run_local
+        outcome = run(sweep, pending, url, worker, module, runner, log)
+    summary = {
+        "sweep": sweep.name, "store": redact_url(url), "executor": executor, "cells": len(cells),
+        "done": sorted(c.id for c in pending if outcome.get(c.id) == "done"),
+        "already_done": len(already),
+        "failed": {c.id: c.label for c in pending if outcome.get(c.id) == "failed"},
+        "busy": {c.id: c.label for c in pending if outcome.get(c.id) == "busy"},  # running in another driver
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json_atomic(out / "sweep.json", summary)
+    log(f"sweep {sweep.name}: {len(summary['done'])} run, {len(already)} already done, "
+        f"{len(summary['failed'])} failed, {len(summary['busy'])} running elsewhere, {summary['seconds']:.1f} s")
+    return summary
+
+
+def _dry_run(sweep: SweepConfig, cells: list[Cell], url: str) -> dict:
+    """Cells with their status, without creating anything (a missing SQLite file: all pending)."""
+    status: dict[str, str] = {}
+    sqlite_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if sqlite_file is None or Path(sqlite_file).is_file():
+        from robalign.experiments.store import Store
+
+        status = Store(url).status(sweep.name)
+    rows = [{"id": c.id, "label": c.label, "status": status.get(c.id, "pending")} for c in cells]
+    return {"sweep": sweep.name, "cells": rows}
+
+
+class _driver_lock:
+    """``fcntl.flock`` on OUT/.sweep.lock for the whole run: one driver per OUT on this host."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".sweep.lock"
+
+    def __enter__(self):
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise UserError(f"another `robalign sweep` is running on {self.path.parent} (lock {self.path}); "
+                            "wait for it to finish, or stop it first") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _resolve_runner(runner: Any) -> Any:
+    if runner is None or isinstance(runner, str):
+        name = runner or DEFAULT_RUNNER
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            raise UserError(f"runner module '{name}' cannot be imported ({exc})") from None
+    if not (callable(getattr(runner, "prepare", None)) and callable(getattr(runner, "run_cell", None))):
+        raise UserError(f"runner {runner!r} needs prepare(sweep, log) and run_cell(sweep, cell, cell_dir, log)")
+    return runner
+
+
+def run_one(store, sweep: SweepConfig, cell: Cell, runner: Any, worker: str, log: Callable[[str], None]) -> str:
+    """Claim ``cell``, run it, store its result: 'done', 'failed' (error.txt written) or
+    'busy' (done or running elsewhere by now). Everything the cell logs goes to its log.txt too."""
+    if not store.claim(sweep.name, cell.id, cell.params, worker):
+        return "busy"
+    cell_dir = (sweep.out_dir / "cells" / cell.id).resolve()
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    with open(cell_dir / "log.txt", "a", encoding="utf-8") as log_file:
+        def cell_log(text: str) -> None:
+            log_file.write(f"{text}\n")
+            log_file.flush()
+            log(text)
+
+        try:
+            result = runner.run_cell(sweep, cell, cell_dir, cell_log)
+            store.finish(sweep.name, cell.id, metrics=result.metrics, run_dir=str(cell_dir),
+                         provenance=result.provenance, samples=result.samples)
+            return "done"
+        except Exception as exc:  # a failing cell is recorded; the sweep goes on
+            (cell_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            store.fail(sweep.name, cell.id, f"{type(exc).__name__}: {exc}")
+            log(f"cell {cell.label} failed: {type(exc).__name__}: {exc} (traceback in {cell_dir / 'error.txt'})")
+            return "failed"
+
+
+def _run_local(sweep, cells, url, worker, module, runner_arg, log) -> dict[str, str]:
+    from tqdm.auto import tqdm
+
+    from robalign.experiments.store import Store
+
+    store = Store(url)
+    outcome = {}
+    with tqdm(total=len(cells), desc=f"sweep {sweep.name}", unit="cell", disable=not cells) as bar:
+        def quiet(text: str) -> None:
+            tqdm.write(text, file=sys.stderr)
+
+        for cell in cells:
+            bar.set_postfix_str(cell.label)
+            outcome[cell.id] = run_one(store, sweep, cell, module, worker, quiet if log is print else log)
+            bar.update()
+    return outcome
+
+
+def _module_path(runner: Any) -> tuple[str, list[str]]:
+    """The runner's module name and the sys.path entry a Ray worker needs to import it."""
+    if runner is None or isinstance(runner, str):
+        name = runner or DEFAULT_RUNNER
+        module = importlib.import_module(name)
+    elif isinstance(runner, types.ModuleType):
+        name, module = runner.__name__, runner
+    else:
+        raise UserError("the ray executor imports the runner in each worker: pass a module or a module path "
+                        "(e.g. robalign.experiments.pipeline), not an object")
+    file = Path(getattr(module, "__file__", "") or ".").resolve()
+    depth = len(name.split(".")) - (0 if file.name == "__init__.py" else 1)
+    return name, [str(file.parents[depth])] if file.name.endswith(".py") else []
+
+
+def _ray_cell(runner: str, sys_path: list[str], cwd: str, sweep: SweepConfig, cell: Cell, url: str,
+              worker: str) -> str:
+    """One cell in a Ray worker: import the runner, claim, run, write the result to the store."""
+    os.chdir(cwd)  # relative paths in the config mean the same as in the driver
+    for entry in sys_path:
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    from robalign.experiments.store import Store
+
+    return run_one(Store(url), sweep, cell, importlib.import_module(runner), worker, lambda text: None)
+
+
+def _run_ray(sweep, cells, url, worker, module, runner_arg, log) -> dict[str, str]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs Ray: pip install 'robalign[ray]' (or use --executor local)") from None
+    from tqdm.auto import tqdm
+
+    name, sys_path = _module_path(runner_arg if runner_arg is not None else module)
+    ex = sweep.executor
+    started = not ray.is_initialized()
+    if started:
+        if os.environ.get("RAY_ADDRESS"):  # a cluster the user points at
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, int(ex.workers * ex.cpus_per_cell)), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+    try:
+        if ex.gpus_per_cell > ray.cluster_resources().get("GPU", 0):
+            raise UserError(f"executor.gpus_per_cell={ex.gpus_per_cell} but Ray sees "
+                            f"{ray.cluster_resources().get('GPU', 0):g} GPUs; set executor.gpus_per_cell=0 on CPU")
+        # max_retries=0: a cell whose worker died is recorded failed, not run again behind the user's back
+        task = ray.remote(num_cpus=ex.cpus_per_cell, num_gpus=ex.gpus_per_cell, max_retries=0)(_ray_cell)
+        refs = {task.remote(name, sys_path, os.getcwd(), sweep, c, url, worker): c for c in cells}
+        outcome: dict[str, str] = {}
+        with tqdm(total=len(cells), desc=f"sweep {sweep.name} (ray)", unit="cell", disable=not cells) as bar:
+            waiting = list(refs)
+            while waiting:
+                ready, waiting = ray.wait(waiting, num_returns=1)
+                cell = refs[ready[0]]
+                try:
+                    outcome[cell.id] = ray.get(ready[0])
+                except Exception as exc:  # the worker died or the task failed outside run_one
+                    outcome[cell.id] = _record_crash(sweep, cell, url, exc, log)
+                if outcome[cell.id] == "failed":
+                    tqdm.write(f"cell {cell.label} failed (see {sweep.out_dir / 'cells' / cell.id / 'error.txt'})",
+                               file=sys.stderr)
+                bar.update()
+        return outcome
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _record_crash(sweep: SweepConfig, cell: Cell, url: str, exc: BaseException, log) -> str:
+    from robalign.experiments.store import Store
+
+    cell_dir = sweep.out_dir / "cells" / cell.id
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    (cell_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
+    store = Store(url)
+    if store.status(sweep.name).get(cell.id) == "running":
+        store.fail(sweep.name, cell.id, f"{type(exc).__name__}: {str(exc)[:2000]}")
+    return "failed"
