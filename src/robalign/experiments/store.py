@@ -198,9 +198,13 @@ class Store:
             (_cells.c.status == "running")
             & ((_cells.c.worker == worker) | (_cells.c.claimed < now - _dt.timedelta(seconds=stale_after_s))))
         with self._write() as conn:
+            insert = self._insert(_cells).values(sweep=sweep, cell=cell, attempts=1, **values) \
+                .on_conflict_do_nothing(index_elements=["sweep", "cell"])
             try:
-                inserted = conn.execute(self._insert(_cells).values(sweep=sweep, cell=cell, attempts=1, **values)
-                                        .on_conflict_do_nothing(index_elements=["sweep", "cell"])).rowcount
+                if self._sqlite:  # sqlite3_changes() is exact; RETURNING needs SQLite >= 3.35
+                    inserted = conn.execute(insert).rowcount == 1
+                else:  # psycopg reports no rowcount for an INSERT here (-1): ask for the row back
+                    inserted = conn.execute(insert.returning(_cells.c.cell)).first() is not None
             except sa.exc.IntegrityError:  # the foreign key: no such sweep
                 raise UserError(f"no sweep {sweep!r} in the store {self._display}: add_sweep() it first") from None
             if inserted:
@@ -399,11 +403,14 @@ _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>{},]+", re.IGNORECASE)
 def _redacted(url: str) -> str:
     """``redact_url`` where there is something to hide; URLs without user info or query stay as they
     are (``redact_url`` would turn ``sqlite:///runs/x`` into ``sqlite:/runs/x``)."""
+    text = str(url)
     try:
-        parts = urlsplit(str(url))
+        parts = urlsplit(text)
     except ValueError:
         return REDACTED
-    return redact_url(url) if "@" in parts.netloc or parts.query else str(url)
+    if "@" in parts.netloc or parts.query:
+        return redact_url(text)
+    return REDACTED if "@" in text else text  # "user:pw@host/db" without a scheme: no netloc to cut
 
 
 def _secrets_of(password: str | None) -> list[str]:
