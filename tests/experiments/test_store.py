@@ -10,7 +10,6 @@ import json
 import math
 import multiprocessing
 import pickle
-import random
 import socket
 import sqlite3
 import sys
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from store_race_worker import finish_cells
 
 from robalign.errors import UserError
 from robalign.experiments import store as store_module
@@ -185,26 +185,6 @@ def test_bad_metrics_and_samples_are_refused_before_writing(tmp_path):
     assert store.status("s") == {"c": "running"}
 
 
-def _finish_cells(url: str, worker: str, cells: list[str], log: str, barrier, seed: int) -> None:
-    """One worker of the concurrency tests: its own Store, the cells in its own order, and every
-    successful claim logged to ``log`` before the cell is finished."""
-    store = Store(url)
-    store.add_sweep("race", {"cells": len(cells)}, {"worker": worker})  # all workers at once: idempotent
-    if barrier is not None:
-        barrier.wait()
-    order = list(cells)
-    random.Random(seed).shuffle(order)
-    claimed = []
-    for cell in order:
-        if store.claim("race", cell, {"cell": cell, "seed": 0}, worker):
-            claimed.append(cell)
-            store.finish("race", cell, run_dir=f"cells/{cell}", provenance={"worker": worker},
-                         metrics={"worker": float(seed), "cell/number": float(cell[1:]),
-                                  "safety": {"value": 0.5, "low": 0.4, "high": 0.6, "n": 10}},
-                         samples=[{"benchmark": "b", "prompt_id": str(i), "answer": worker} for i in range(3)])
-    Path(log).write_text(json.dumps(claimed))
-
-
 def _check_race(url: str, logs: list[Path], n_cells: int) -> None:
     claimed = [json.loads(log.read_text()) for log in logs]
     every = [cell for cells in claimed for cell in cells]
@@ -232,7 +212,7 @@ def test_concurrent_processes_lose_nothing(backend, tmp_path, request):
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(n_workers)
     logs = [tmp_path / f"w{i}.json" for i in range(n_workers)]
-    workers = [context.Process(target=_finish_cells, args=(url, f"w{i}", cells, str(logs[i]), barrier, i))
+    workers = [context.Process(target=finish_cells, args=(url, f"w{i}", cells, str(logs[i]), barrier, i))
                for i in range(n_workers)]
     for worker in workers:
         worker.start()
@@ -251,7 +231,7 @@ def test_concurrent_threads_lose_nothing(url, tmp_path):
 
     def work(i):
         try:
-            _finish_cells(url, f"w{i}", cells, str(logs[i]), barrier, i)
+            finish_cells(url, f"w{i}", cells, str(logs[i]), barrier, i)
         except BaseException as exc:  # surfaced below: a thread's exception would vanish
             errors.append(exc)
 

@@ -279,6 +279,8 @@ class Store:
         row_of = {(r.sweep, r.cell): i for i, r in enumerate(rows)}
         columns: dict[str, list] = {}
         for m in sorted(metric_rows, key=lambda m: m.name):
+            if (m.sweep, m.cell) not in row_of:
+                continue
             parts = {"": m.value} if not m.interval else {"": m.value, ".low": m.low, ".high": m.high, ".n": m.n}
             for suffix, value in parts.items():
                 column = columns.setdefault(m.name + suffix, [math.nan] * len(rows))
@@ -345,6 +347,8 @@ class Store:
             self._pid = os.getpid()
         with self._engine.connect() as conn:
             conn.execution_options(robalign_read=read)
+            if read and not self._sqlite:  # one snapshot for a read's several queries (SQLite's WAL read
+                conn.execution_options(isolation_level="REPEATABLE READ")  # transaction already is one)
             with conn.begin():
                 yield conn
 
