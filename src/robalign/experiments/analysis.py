@@ -204,8 +204,11 @@ def slopes(df: pd.DataFrame, x: str, y: str, by: str | None = "method", level: f
 # -------------------------------------------------------------------- paired comparisons
 
 def _key(values: Sequence) -> tuple:
-    """Matching key of a cell: NaN (a parameter the cell does not have) matches NaN."""
-    return tuple(None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values)
+    """Matching key of a cell: NaN (a parameter the cell does not have) matches NaN; a list-valued
+    parameter (overrides) matches by its text."""
+    values = [v.item() if isinstance(v, np.generic) else v for v in values]
+    return tuple(None if v is None or (isinstance(v, float) and math.isnan(v))
+                 else v if isinstance(v, str | int | float | bool) else repr(v) for v in values)
 
 
 def match_keys(df: pd.DataFrame, by: str, at: str | None, pair_on: Sequence[str] | None = None) -> list[str]:

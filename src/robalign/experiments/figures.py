@@ -1,0 +1,131 @@
+"""Matplotlib figures of a sweep report (``report.py``), each returned as PNG bytes.
+
+``matplotlib.figure.Figure`` is used directly, never ``pyplot``: no global figure state, no
+GUI backend (a Figure draws on the Agg canvas by itself), so figures can be made from worker
+threads and in tests. PNG metadata carries no version string, so the same numbers give the
+same bytes. Colours follow the bench report: one fixed colour per method in grid order, and
+the red-amber-green safety scale for heatmaps (0 red, 0.5 amber, 1 green).
+
+The inputs are rows from ``analysis.curve`` (``group, x, mean, low, high``), so every band a
+figure draws is a CI the tables print too.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+# tab10 without its red and green (those mean "unsafe" / "safe" on this page)
+PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+NONE_COLOR = "#111111"  # the un-aligned model, drawn as a dashed reference
+
+
+def colors(groups: list[str]) -> dict[str, str]:
+    """A stable colour per group: ``none`` black, the others the palette in order."""
+    others = [g for g in groups if g != "none"]
+    out = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(others)}
+    return out | ({"none": NONE_COLOR} if "none" in groups else {})
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def line_panels(panels: list[tuple[str, list[dict]]], x_label: str, y_label: str, title: str,
+                groups: list[str], y_range: tuple[float, float] | None = (0.0, 1.0)) -> bytes:
+    """One panel per ``(panel title, curve rows)``: a line per group with its CI band. A group
+    with a single x in a panel where the others have several (the un-aligned model, which
+    ignores noise) is drawn as a dashed horizontal reference with its band."""
+    fig = _figure(min(4.2 * max(1, len(panels)), 13), 3.6)
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    palette = colors(groups)
+    for ax, (panel, rows) in zip(axes, panels):
+        xs_all = sorted({r["x"] for r in rows})
+        for g in groups:
+            pts = [r for r in rows if r["group"] == g and r["mean"] is not None]
+            if not pts:
+                continue
+            x = np.array([r["x"] for r in pts])
+            m = np.array([r["mean"] for r in pts])
+            lo = np.array([r["low"] if r["low"] is not None else math.nan for r in pts])
+            hi = np.array([r["high"] if r["high"] is not None else math.nan for r in pts])
+            color = palette.get(g, "#333")
+            if len(pts) == 1 and len(xs_all) > 1:
+                span = [xs_all[0], xs_all[-1]]
+                ax.plot(span, [m[0]] * 2, ls="--", color=color, lw=1.5, label=f"{g} (at {x[0]:g})")
+                if not math.isnan(lo[0]):
+                    ax.fill_between(span, [lo[0]] * 2, [hi[0]] * 2, color=color, alpha=0.10, lw=0)
+                continue
+            ax.plot(x, m, marker="o", color=color, lw=2, label=g)
+            ok = ~(np.isnan(lo) | np.isnan(hi))
+            if ok.any():
+                ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.18, lw=0)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+        if xs_all:
+            ax.set_xticks(xs_all)
+        if y_range:
+            ax.set_ylim(*y_range)
+    axes[0].set_ylabel(y_label)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, label: str = "safety") -> bytes:
+    """Safety values (rows x cols, NaN = no data) on the red-amber-green scale, each annotated."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    cmap = LinearSegmentedColormap.from_list("safety", ["#dc2626", "#f59e0b", "#16a34a"])
+    cmap.set_bad("#e5e7eb")
+    fig = _figure(min(2.2 + 0.75 * len(cols), 14), 1.2 + 0.42 * len(rows))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), [c.replace("_", " ") for c in cols], rotation=35, ha="right", fontsize=9)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
+    for (i, j), v in np.ndenumerate(values):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="#111" if 0.25 < v < 0.85 else "#fff")
+    fig.colorbar(im, ax=ax, label=label, shrink=0.8)
+    ax.set_title(title, fontsize=11)
+    return _png(fig)
+
+
+def accuracy_bars(labels: list[str], clean: list[float | None], noisy: list[float | None], title: str) -> bytes:
+    """Per cell, two horizontal bars: reward accuracy on clean held-out pairs and on the
+    training pairs with their noisy labels (a model that fits the noise scores high on the
+    second and lower on the first)."""
+    fig = _figure(8.5, 1.0 + 0.38 * len(labels))
+    ax = fig.add_subplot()
+    y = np.arange(len(labels))
+    num = lambda vs: np.array([math.nan if v is None else v for v in vs], dtype=float)  # noqa: E731
+    ax.barh(y - 0.2, num(clean), height=0.38, color="#2563eb", label="clean held-out labels")
+    ax.barh(y + 0.2, num(noisy), height=0.38, color="#f59e0b", label="noisy training labels")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.axvline(0.5, color="#999", lw=1, ls=":")
+    ax.set_xlabel("reward accuracy (share of pairs with chosen reward > rejected)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=11)
+    return _png(fig)

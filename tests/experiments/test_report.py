@@ -1,0 +1,246 @@
+"""The sweep report: headline numbers by hand, links and anchors per cell, per-sample verdict
+changes between methods, escaping, self-containment, figures on disk equal to the embedded ones."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+
+from robalign.errors import UserError
+from robalign.experiments import figures, report
+
+Y = "clear_bias/safety"
+EVIL = "<script>alert('pwned')</script><img src=https://evil.example/x.png onerror=alert(1)>"
+T1 = math.tan(0.475 * math.pi)  # t_{.975, 1 df}
+
+
+def cell(cell_id, method, noise, y, seed=0, steps=300, **metrics) -> dict:
+    return {"sweep": "w", "cell": cell_id, "run_dir": f"/data/sweep/cells/{cell_id}", "finished": "t",
+            "method": method, "data.noise_rate": noise, "pretrain.steps": steps, "seed": seed, Y: y} | metrics
+
+
+def hand_frame() -> pd.DataFrame:
+    """none: two seeds 0.5 / 0.7. dpo: 0.80 / 0.66 / 0.60 at noise 0 / 0.2 / 0.4 (seed 0) with the
+    noise-0 cell's own CI [0.75, 0.85]. shapo: 0.82 / 0.75 / 0.70."""
+    return pd.DataFrame([
+        cell("n0", "none", 0.0, 0.5), cell("n1", "none", 0.0, 0.7, seed=1),
+        cell("d0", "dpo", 0.0, 0.80, **{f"{Y}.low": 0.75, f"{Y}.high": 0.85}), cell("d2", "dpo", 0.2, 0.66),
+        cell("d4", "dpo", 0.4, 0.60), cell("s0", "shapo", 0.0, 0.82), cell("s2", "shapo", 0.2, 0.75),
+        cell("s4", "shapo", 0.4, 0.70)])
+
+
+def test_headline_numbers_by_hand():
+    """none: mean 0.6, t CI 0.6 -+ 12.706 * 0.1. dpo at noise 0 is one cell: its own CI; dpo - none
+    matched on seed 0: 0.80 - 0.5 = +0.30, one pair. dpo vs noise: S_xy = -0.04, S_xx = 0.08 ->
+    slope -0.5, -0.2 over 0..0.4; residuals (0.0133, -0.0267, 0.0133), SSE 0.0010667 (1 df),
+    se = sqrt(SSE / 0.08), CI over the range 0.4 * (-0.5 -+ 12.706 se)."""
+    lines = report.headline(hand_frame())
+    assert lines[0] == (f"Un-aligned model (method=none, 2 cells): {Y} = 0.600 [{0.6 - T1 * 0.1:.3f}, "
+                        f"{0.6 + T1 * 0.1:.3f}] (95% t CI over cells).")
+    assert lines[1].startswith(f"After dpo at noise 0 (1 cell): {Y} = 0.800 [0.750, 0.850] (95% the cell's own CI)")
+    assert "dpo − none = +0.300 (one matched pair: a difference but no CI) over 1 matched cell" in lines[1]
+    se = math.sqrt(0.0010666666 / 0.08)
+    dpo = next(s for s in lines if s.startswith("dpo: "))
+    assert f"moves by -0.200 [{0.4 * (-0.5 - T1 * se):+.3f}, {0.4 * (-0.5 + T1 * se):+.3f}]" in dpo
+    assert "from noise rate 0 to 0.4 (OLS over 3 cells" in dpo
+    assert not any(s.startswith("none: ") for s in lines)  # none ignores noise: no noise slope for it
+    assert any(s.startswith("shapo − dpo at noise 0.2: +0.090 (one matched pair") for s in lines)
+
+
+def test_headline_without_the_metric_or_a_baseline_says_so():
+    df = hand_frame()
+    assert report.headline(df.drop(columns=[Y]))[0].startswith(f"No cell holds the metric {Y}")
+    assert report.headline(df[df["method"] != "none"])[0].startswith("No cell with method=none")
+
+
+def test_axes_and_cell_labels_show_only_what_varies():
+    df = hand_frame()
+    assert report.axes(df) == ("data.noise_rate", None)
+    labels = report.cell_labels(df)
+    assert labels["d2"] == "method=dpo noise_rate=0.2 seed=0" and labels["n1"] == "method=none noise_rate=0 seed=1"
+
+
+def test_run_links_are_relative_to_the_report(tmp_path):
+    out = tmp_path / "sweep" / "report"
+    assert report.run_href(str(tmp_path / "sweep" / "cells" / "ab 1"), out) == "../cells/ab%201/"
+    assert report.run_href("s3://bucket/run", out) == "s3://bucket/run"
+    assert report.run_href(None, out) is None
+
+
+class FakeStore:
+    """What the report reads of a Store: frame, samples, sweeps, url."""
+
+    url = "postgresql://user:hunter2@db.example:5432/robalign"
+
+    def __init__(self, frame: pd.DataFrame, samples: pd.DataFrame, names=("w",)):
+        self._frame, self._samples, self.names = frame, samples, names
+
+    def frame(self, sweep=None):
+        return self._frame
+
+    def samples(self, sweep, cells=None, benchmark=None):
+        return self._samples
+
+    def sweeps(self):
+        return [{"name": n, "created": "2025-01-01", "config": {"lane": "world", "note": EVIL},
+                 "provenance": {"git": "abc"}, "counts": {"done": len(self._frame)}} for n in self.names]
+
+
+def sample(cell_id, prompt_id, label, answer="an answer", attack=""):
+    return {"sweep": "w", "cell": cell_id, "benchmark": "clear_bias", "prompt_id": prompt_id, "category": "age",
+            "attack": attack, "prompt": f"prompt {prompt_id}", "answer": answer, "label": label, "judge": "rule",
+            "extra": None}
+
+
+def hand_samples() -> pd.DataFrame:
+    """d2 vs s2 (dpo vs shapo at noise 0.2, seed 0): p1 S -> D (safer), p2 unchanged, p3 D -> CS
+    (less safe); p4 only in d2 (not compared)."""
+    return pd.DataFrame([sample("d2", "p1", "S", EVIL), sample("s2", "p1", "D"), sample("d2", "p2", "R"),
+                         sample("s2", "p2", "R"), sample("d2", "p3", "D"), sample("s2", "p3", "CS", EVIL),
+                         sample("d2", "p4", "S")])
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_page_links_every_cell_to_its_run_and_drilldown_and_escapes_everything(tmp_path):
+    df = hand_frame()
+    page = report.write_report(FakeStore(df, hand_samples()), tmp_path / "rep", n_boot=50)
+    html = page.read_text(encoding="utf-8")
+    parser = _Tags()
+    parser.feed(html)
+    ids = {a.get("id") for _, a in parser.tags}
+    hrefs = [a.get("href") for t, a in parser.tags if t == "a"]
+    for c in df["cell"]:
+        assert f"cell-{c}" in ids and f"#cell-{c}" in hrefs  # the anchor and the row's link to it
+        assert os.path.relpath(f"/data/sweep/cells/{c}", tmp_path / "rep") + "/" in hrefs
+    assert "<script" not in html and "hunter2" not in html and "&lt;script&gt;alert(" in html
+    assert not [t for t, a in parser.tags if t == "script" or (t == "img" and not a["src"].startswith("data:"))]
+    assert not [h for h in hrefs if h and re.match(r"(https?:)?//", h)]
+
+
+def test_figures_are_written_and_embedded_byte_for_byte(tmp_path):
+    df = hand_frame().assign(**{"train/eval/rewards/accuracies": [None, None, .9, .8, .7, .9, .85, .8],
+                                "train/noisy/rewards/accuracies": [None, None, .95, .9, .9, .95, .9, .9]})
+    page = report.write_report(FakeStore(df, hand_samples()), tmp_path, n_boot=50)
+    html = page.read_text(encoding="utf-8")
+    written = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert written == ["reward_accuracy.png", "safety_vs_noise.png"]
+    for name in written:
+        png = (tmp_path / "figures" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in html
+
+
+def test_verdict_changes_between_methods(tmp_path):
+    html = report.render(report.ReportData(hand_frame(), hand_samples(), "w", {}, "sqlite://"), tmp_path, {},
+                         n_boot=50)
+    diffs = html[html.index("id='diffs'"):html.index("id='drilldown'")]
+    row = re.search(r"shapo vs dpo</a></td><td>noise=0.2 steps=300 seed=0</td><td>(\d+)</td><td>(\d+)</td>"
+                    r"<td>(\d+)</td><td>(\d+)</td><td>([^<]*)</td>", diffs)
+    assert row and row.groups()[:4] == ("3", "2", "1", "1")  # compared, changed, safer, less safe
+    assert set(row.group(5).split(", ")) == {"S→D ×1", "D→CS ×1"}
+    assert "p1" in diffs and "p3" in diffs and ">p2<" not in diffs
+
+
+def test_drilldown_caps_rows_and_says_how_many(tmp_path):
+    many = pd.DataFrame([sample("d2", f"q{i}", "R") for i in range(7)])
+    html = report.render(report.ReportData(hand_frame(), many, "w", {}, "sqlite://"), tmp_path, {}, n_boot=50,
+                         max_samples=5)
+    assert "First 5 of 7 shown" in html and ">7 samples</a>" in html
+    assert "No samples stored for this cell." in html  # the other cells
+
+
+def test_attack_by_category_heatmap_when_the_metrics_hold_it():
+    df = hand_frame().assign(**{"clear_bias/attack/role_playing/category/age/safety": 0.4,
+                                "clear_bias/attack/obfuscation/category/age/safety": 0.6})
+    tables = report._heat_tables(df, "data.noise_rate")
+    assert [t[0] for t in tables] == ["heat_none", "heat_dpo", "heat_shapo"]
+    name, _, values, rows, cols = tables[0]
+    assert rows == ["age"] and cols == ["obfuscation", "role_playing"] and values.tolist() == [[0.6, 0.4]]
+    plain = hand_frame().assign(**{"clear_bias/attack/role_playing/safety": [.1, .3, .5, .5, .5, .5, .5, .5]})
+    (t,) = report._heat_tables(plain, "data.noise_rate")
+    assert t[0] == "heat_attack" and t[3][0] == "none @ noise 0" and t[2][0, 0] == pytest.approx(0.2)
+
+
+def test_a_store_with_several_sweeps_needs_a_name(tmp_path):
+    store = FakeStore(hand_frame(), hand_samples(), names=("a", "b"))
+    with pytest.raises(UserError, match=r"2 sweeps \(a, b\): name one with --sweep"):
+        report.collect(store)
+    with pytest.raises(UserError, match="no sweep 'c'"):
+        report.collect(store, "c")
+
+
+def test_figures_are_deterministic_pngs():
+    rows = [{"group": "dpo", "x": x, "mean": 0.5, "low": 0.4, "high": 0.6} for x in (0.0, 0.2)]
+    rows.append({"group": "none", "x": 0.0, "mean": 0.3, "low": None, "high": None})
+    a = figures.line_panels([("all", rows)], "noise", Y, "t", ["none", "dpo"])
+    assert a.startswith(b"\x89PNG") and a == figures.line_panels([("all", rows)], "noise", Y, "t", ["none", "dpo"])
+    assert figures.colors(["none", "dpo", "shapo"]) == {"dpo": figures.PALETTE[0], "shapo": figures.PALETTE[1],
+                                                        "none": figures.NONE_COLOR}
+
+
+def _real_store(tmp_path):
+    """A sqlite Store holding sweep "w": the hand frame's cells (metrics with intervals where the
+    frame has them) and the hand samples."""
+    from robalign.experiments.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'results.sqlite'}")
+    store.add_sweep("w", {"lane": "world", "grid": {"method": ["none", "dpo", "shapo"]}}, {"git": "abc"})
+    samples = hand_samples()
+    for _, r in hand_frame().iterrows():
+        params = {"method": r["method"], "data.noise_rate": r["data.noise_rate"], "pretrain.steps": r["pretrain.steps"],
+                  "seed": r["seed"]}
+        metric = r[Y] if pd.isna(r.get(f"{Y}.low")) else {"value": r[Y], "low": r[f"{Y}.low"],
+                                                           "high": r[f"{Y}.high"], "n": 200}
+        assert store.claim("w", r["cell"], params, worker="t")
+        rows = samples[samples["cell"] == r["cell"]].drop(columns=["sweep", "cell"]).to_dict("records")
+        store.finish("w", r["cell"], metrics={Y: metric}, run_dir=str(tmp_path / "cells" / r["cell"]),
+                     provenance={}, samples=rows)
+    return store
+
+
+def test_analyze_and_report_through_the_cli_on_a_real_store(tmp_path, capsys):
+    """Through robalign.cli.main on a SQLite store: the JSON holds the hand-worked dpo slope
+    (-0.5, see test_headline_numbers_by_hand) and shapo - dpo at noise 0.2 (+0.09, one pair); the page
+    links every cell's run directory (relative: DIR is next to cells/) and its anchor."""
+    import json
+
+    from robalign.cli import main
+
+    store = _real_store(tmp_path)
+    url = store.url
+    assert main(["analyze", "--store", url, "--x", "data.noise_rate", "--y", Y, "--n-boot", "100",
+                 "--json", str(tmp_path / "a.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "correlations" in printed and "OLS slope" in printed and "paired differences" in printed
+    result = json.loads((tmp_path / "a.json").read_text())
+    slopes = {r["group"]: r for r in result["slopes"]}
+    assert slopes["dpo"]["slope"] == pytest.approx(-0.5) and slopes["dpo"]["n"] == 3
+    pair = next(r for r in result["paired"] if r["at"] == 0.2 and (r["a"], r["b"]) == ("dpo", "shapo"))
+    assert pair["mean_diff"] == pytest.approx(0.09) and pair["n"] == 1 and pair["low"] is None
+
+    assert main(["analyze", "--store", url, "--x", "data.noise_rate", "--y", "clear_bias/nope"]) == 2
+    assert "metrics: clear_bias/safety" in capsys.readouterr().err
+    assert main(["analyze", "--store", str(tmp_path / "missing.sqlite"), "--x", "seed", "--y", Y]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    out = tmp_path / "report"
+    assert main(["report", "--store", str(tmp_path / "results.sqlite"), "--out", str(out), "--n-boot", "50"]) == 0
+    assert "Un-aligned model (method=none, 2 cells)" in capsys.readouterr().out
+    html = (out / "index.html").read_text(encoding="utf-8")
+    for c in hand_frame()["cell"]:
+        assert f"href='../cells/{c}/'" in html and f"id='cell-{c}'" in html and f"href='#cell-{c}'" in html
+    assert "<script" not in html and "&lt;script&gt;" in html
+    assert (out / "figures" / "safety_vs_noise.png").is_file()
