@@ -187,6 +187,7 @@ def test_local_run_stores_every_cell_once_and_a_rerun_runs_nothing(tmp_path):
     out = tmp_path / "out"
     summary = run_sweep(sweep, log=quiet, runner="runners")
     assert len(summary["done"]) == 10 and summary["failed"] == {} and summary["already_done"] == 0
+    assert summary["skipped_by_rules"] == 2 and summary["store"] == f"sqlite:///{(out / 'results.sqlite').resolve()}"
     assert json.loads((out / "sweep.json").read_text())["done"] == summary["done"]
     frame = Store(f"sqlite:///{out / 'results.sqlite'}").frame("toy").set_index("cell")
     assert len(frame) == 10 and sorted(runs(out)) == sorted(frame.index)
@@ -280,18 +281,48 @@ def comparable(frame):
     return frame.drop(columns=["run_dir", "finished"]).sort_values("cell").reset_index(drop=True)
 
 
-def test_ray_and_local_executors_give_the_same_table(tmp_path):
+@pytest.mark.slow  # a second Ray start; the PostgreSQL test below runs Ray in the default suite
+def test_ray_and_local_executors_give_the_same_table_and_a_dead_ray_worker_fails_only_its_cell(tmp_path):
     config = {**BASE, "executor": {"kind": "ray", "workers": 2}}
     local = load_sweep_config(write(tmp_path, {**config, "out": str(tmp_path / "local")}, "local.yaml"))
     ray_sweep = load_sweep_config(write(tmp_path, {**config, "out": str(tmp_path / "ray")}, "ray.yaml"))
     run_sweep(local, executor="local", log=quiet, runner="runners")
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "crash_at").write_text("3")  # the 3rd cell SIGKILLs its Ray worker
     summary = run_sweep(ray_sweep, log=quiet, runner="runners")
-    assert summary["executor"] == "ray" and len(summary["done"]) == 10 and summary["failed"] == {}
+    assert summary["executor"] == "ray" and len(summary["done"]) == 9 and len(summary["failed"]) == 1
+    (dead,) = summary["failed"]
+    assert runs(tmp_path / "ray")[2] == dead
+    store = Store(f"sqlite:///{tmp_path / 'ray' / 'results.sqlite'}")
+    assert store.status("toy")[dead] == "failed"
+    assert (tmp_path / "ray" / "cells" / dead / "error.txt").read_text().strip()
     pids = {int(p) for p in (tmp_path / "ray" / "prepare.log").read_text().split()}
     assert pids == {os.getpid()}  # prepare ran in the driver; the cells in Ray workers:
-    provenance = Store(f"sqlite:///{tmp_path / 'ray' / 'results.sqlite'}").cells("toy")["provenance"]
-    assert os.getpid() not in {p["pid"] for p in provenance}
+    assert os.getpid() not in {p["pid"] for p in store.cells("toy")["provenance"] if p}
+    again = run_sweep(ray_sweep, executor="local", log=quiet, runner="runners")
+    assert again["done"] == [dead] and again["already_done"] == 9
     a = Store(f"sqlite:///{tmp_path / 'local' / 'results.sqlite'}").frame("toy")
-    b = Store(f"sqlite:///{tmp_path / 'ray' / 'results.sqlite'}").frame("toy")
     assert len(a) == 10
-    assert comparable(a).equals(comparable(b))
+    assert comparable(a).equals(comparable(store.frame("toy")))
+
+def test_postgres_store_gives_the_same_table_locally_and_through_ray(tmp_path, postgres_server, postgres_database):
+    """One sweep into SQLite (local executor), PostgreSQL (local) and PostgreSQL (Ray): one table. The Ray
+    run writes to a second database, so it runs every cell itself instead of finding them done."""
+    config = {**BASE, "executor": {"workers": 2}}
+    sqlite = load_sweep_config(write(tmp_path, {**config, "out": str(tmp_path / "sqlite")}, "a.yaml"))
+    local = load_sweep_config(write(tmp_path, {**config, "out": str(tmp_path / "pg_local")}, "b.yaml"))
+    ray_sweep = load_sweep_config(write(tmp_path, {**config, "out": str(tmp_path / "pg_ray")}, "c.yaml"))
+    # the test server trusts any password: this one must never reach a log line, sweep.json or the store
+    ray_url = postgres_server.create_database("sweep_ray").replace("robalign@", "robalign:s3cr3t@")
+    run_sweep(sqlite, log=quiet, runner="runners")
+    assert len(run_sweep(local, store_url=postgres_database, log=quiet, runner="runners")["done"]) == 10
+    lines = []
+    summary = run_sweep(ray_sweep, executor="ray", store_url=ray_url, log=lines.append, runner="runners")
+    assert len(summary["done"]) == 10 and summary["store"].startswith("postgresql://***@127.0.0.1:")
+    stored = json.dumps(Store(ray_url).sweeps(), default=str)
+    for text in ("\n".join(lines), (tmp_path / "pg_ray" / "sweep.json").read_text(), stored):
+        assert "s3cr3t" not in text
+    expected = comparable(Store(f"sqlite:///{tmp_path / 'sqlite' / 'results.sqlite'}").frame("toy"))
+    assert len(expected) == 10
+    for url in (postgres_database, ray_url):
+        assert comparable(Store(url).frame("toy")).equals(expected)

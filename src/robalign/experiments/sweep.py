@@ -35,6 +35,7 @@ import hashlib
 import importlib
 import itertools
 import json
+import math
 import operator
 import os
 import re
@@ -47,7 +48,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -126,17 +127,15 @@ class SweepConfig:
     bench: BenchSection = field(default_factory=BenchSection)
     executor: ExecutorSection = field(default_factory=ExecutorSection)
     store: str | None = None  # SQLAlchemy URL; None = sqlite:///OUT/results.sqlite
-    source: str = field(default="<defaults>", compare=False, repr=False)  # the file it came from (not a YAML key)
+    source: ClassVar[str] = "<defaults>"  # the file it came from: set per instance, not a YAML key or stored
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/sweeps/{self.name}")
 
     def to_dict(self) -> dict:
-        """What the store keeps (and compares on a re-run): every field but ``source``."""
-        data = dataclasses.asdict(self)
-        data.pop("source")
-        return data
+        """What the store keeps, and compares on a re-run."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -200,10 +199,6 @@ def load_sweep_config(path_or_name: str | Path, overrides: list[str] | None = No
     """A sweep from a YAML file, or a shipped ``configs/sweep/NAME.yaml``, plus dotted overrides
     (grid lists as YAML: ``grid.seed=[0,1]``); checked, with errors naming the file and key."""
     path = _resolve(path_or_name, "sweep")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if isinstance(data, dict) and "source" in data:
-        raise ConfigError(f"{path}: unknown key 'source'")
     sweep = load_config(SweepConfig, path, overrides)
     sweep.source = str(path)
     sweep.name = sweep.name or path.stem
@@ -400,14 +395,20 @@ def default_store_url(sweep: SweepConfig) -> str:
     return sweep.store or f"sqlite:///{(sweep.out_dir / 'results.sqlite').resolve()}"
 
 
+def display_url(url: str) -> str:
+    """The store URL as logs and sweep.json show it: user info and query of a server URL hidden
+    (redact_url would also turn sqlite:////abs/path into sqlite://abs/path)."""
+    from robalign.evaluation.specs import redact_url
+
+    return url if url.startswith("sqlite:") else redact_url(url)
+
+
 def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | None = None, restart: bool = False,
               dry_run: bool = False, log: Callable[[str], None] = print, runner: Any = None) -> dict:
     """Run every cell of ``sweep`` not yet done in the store; return the summary (also OUT/sweep.json).
 
     ``runner``: a module path, a module, or an object with ``prepare`` and ``run_cell``
     (default ``robalign.experiments.pipeline``); the ray executor needs an importable module."""
-    from robalign.evaluation.specs import redact_url
-
     executor = executor or sweep.executor.kind
     if executor not in EXECUTORS:
         raise UserError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
@@ -415,6 +416,7 @@ def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | 
     cells = expand(sweep)
     if dry_run:
         return _dry_run(sweep, cells, url)
+    from robalign.evaluation.specs import redact_value
     from robalign.experiments.store import Store
     from robalign.provenance import run_record, write_json_atomic
 
@@ -426,21 +428,26 @@ def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | 
         if restart:
             store.delete_sweep(sweep.name)
             shutil.rmtree(out / "cells", ignore_errors=True)
-        from robalign.evaluation.specs import redact_value
-
         store.add_sweep(sweep.name, sweep.to_dict(), run_record(redact=redact_value, source=sweep.source))
         status = store.status(sweep.name)
         already = [c for c in cells if status.get(c.id) == "done"]
         pending = [c for c in cells if status.get(c.id) != "done"]
         log(f"sweep {sweep.name}: {len(cells)} cells, {len(already)} done, {len(pending)} to run "
-            f"({executor}, store {redact_url(url)})")
+            f"({executor}, store {display_url(url)})")
+        if executor == "local" and sweep.executor.workers > 1:
+            log("executor.workers > 1 takes effect with --executor ray; local runs one cell at a time")
         module = _resolve_runner(runner)
         module.prepare(sweep, log)
-        worker = f"{socket.gethostname()}:{Path(out).resolve()}"  # one driver per host and OUT (the lock)
-        run = _run_ray if executor == "ray" else _run_local
-        outcome = run(sweep, pending, url, worker, module, runner, log)
+        # the lock makes this driver the only one of this host and OUT, so cells left running under
+        # this name belong to a driver that died: claim() hands them back to us
+        worker = f"{socket.gethostname()}:{out.resolve()}"
+        if executor == "ray":
+            outcome = _run_ray(sweep, pending, url, worker, _module_path(runner if runner is not None else module))
+        else:
+            outcome = _run_local(sweep, pending, store, worker, module, log)
     summary = {
-        "sweep": sweep.name, "store": redact_url(url), "executor": executor, "cells": len(cells),
+        "sweep": sweep.name, "store": display_url(url), "executor": executor, "cells": len(cells),
+        "skipped_by_rules": math.prod(len(v) for v in _grid(sweep).values()) - len(cells),
         "done": sorted(c.id for c in pending if outcome.get(c.id) == "done"),
         "already_done": len(already),
         "failed": {c.id: c.label for c in pending if outcome.get(c.id) == "failed"},
@@ -523,20 +530,19 @@ def run_one(store, sweep: SweepConfig, cell: Cell, runner: Any, worker: str, log
             return "failed"
 
 
-def _run_local(sweep, cells, url, worker, module, runner_arg, log) -> dict[str, str]:
+def _run_local(sweep: SweepConfig, cells: list[Cell], store, worker: str, runner: Any,
+               log: Callable[[str], None]) -> dict[str, str]:
+    """One cell after the other in this process; print goes above the progress bar."""
     from tqdm.auto import tqdm
 
-    from robalign.experiments.store import Store
-
-    store = Store(url)
     outcome = {}
     with tqdm(total=len(cells), desc=f"sweep {sweep.name}", unit="cell", disable=not cells) as bar:
-        def quiet(text: str) -> None:
-            tqdm.write(text, file=sys.stderr)
+        def cell_log(text: str) -> None:
+            tqdm.write(text, file=sys.stderr) if log is print else log(text)
 
         for cell in cells:
             bar.set_postfix_str(cell.label)
-            outcome[cell.id] = run_one(store, sweep, cell, module, worker, quiet if log is print else log)
+            outcome[cell.id] = run_one(store, sweep, cell, runner, worker, cell_log)
             bar.update()
     return outcome
 
@@ -568,14 +574,17 @@ def _ray_cell(runner: str, sys_path: list[str], cwd: str, sweep: SweepConfig, ce
     return run_one(Store(url), sweep, cell, importlib.import_module(runner), worker, lambda text: None)
 
 
-def _run_ray(sweep, cells, url, worker, module, runner_arg, log) -> dict[str, str]:
+def _run_ray(sweep: SweepConfig, cells: list[Cell], url: str, worker: str,
+             runner: tuple[str, list[str]]) -> dict[str, str]:
+    """Each cell a Ray task on a local instance (or the cluster RAY_ADDRESS names) that writes
+    its own result; the driver waits, counts, and records cells whose worker died."""
     try:
         import ray
     except ImportError:
         raise UserError("the ray executor needs Ray: pip install 'robalign[ray]' (or use --executor local)") from None
     from tqdm.auto import tqdm
 
-    name, sys_path = _module_path(runner_arg if runner_arg is not None else module)
+    name, sys_path = runner
     ex = sweep.executor
     started = not ray.is_initialized()
     if started:
@@ -600,7 +609,7 @@ def _run_ray(sweep, cells, url, worker, module, runner_arg, log) -> dict[str, st
                 try:
                     outcome[cell.id] = ray.get(ready[0])
                 except Exception as exc:  # the worker died or the task failed outside run_one
-                    outcome[cell.id] = _record_crash(sweep, cell, url, exc, log)
+                    outcome[cell.id] = _record_crash(sweep, cell, url, exc)
                 if outcome[cell.id] == "failed":
                     tqdm.write(f"cell {cell.label} failed (see {sweep.out_dir / 'cells' / cell.id / 'error.txt'})",
                                file=sys.stderr)
@@ -611,12 +620,15 @@ def _run_ray(sweep, cells, url, worker, module, runner_arg, log) -> dict[str, st
             ray.shutdown()
 
 
-def _record_crash(sweep: SweepConfig, cell: Cell, url: str, exc: BaseException, log) -> str:
+def _record_crash(sweep: SweepConfig, cell: Cell, url: str, exc: BaseException) -> str:
     from robalign.experiments.store import Store
 
     cell_dir = sweep.out_dir / "cells" / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
-    (cell_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
+    (cell_dir / "error.txt").write_text(
+        f"{type(exc).__name__}: {exc}\n\nThe cell's Ray worker died or its task failed outside the runner (killed, out "
+        f"of memory, a crash in native code). The cell's own log: {cell_dir / 'log.txt'}; Ray's worker logs: "
+        "/tmp/ray/session_latest/logs/\n", encoding="utf-8")
     store = Store(url)
     if store.status(sweep.name).get(cell.id) == "running":
         store.fail(sweep.name, cell.id, f"{type(exc).__name__}: {str(exc)[:2000]}")
