@@ -49,6 +49,16 @@ def test_every_shipped_config_validates(capsys):
     assert f"{len(files)} valid, 0 invalid" in capsys.readouterr().out
 
 
+def test_validate_takes_shipped_names_of_every_kind(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the names resolve to the package's copies
+    assert main(["validate", "world/default", "judges/local", "dpo_tiny"]) == 0
+    assert "3 valid, 0 invalid" in capsys.readouterr().out
+    assert main(["validate", "dpo_tiny", "no_such_config"]) == 1
+    out = capsys.readouterr().out
+    assert "invalid no_such_config" in out and "1 valid, 1 invalid" in out
+
+
+
 def test_validate_reports_invalid(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("loss:\n  aggregation: median\n")
     (tmp_path / "judges.yaml").write_text("judges:\n  - nonsense-judge\n")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from robalign.cli import main
+from robalign.errors import UserError
 from robalign.evaluation.server import Faults, ScriptedResponder
 from robalign.evaluation.tables import load_control_set
 from robalign.evaluation.templates import neutralise
@@ -124,6 +125,9 @@ def test_shipped_judges_file_is_valid():
     assert files
     for path in files:
         assert load_judge_list(path)
+    assert load_judge_list("local") == load_judge_list(shipped / "local.yaml")  # by name, as --judges takes it
+    with pytest.raises(UserError, match="judges file nosuch"):
+        load_judge_list("nosuch")
 
 
 def test_judge_run_with_a_misunderstanding_second_pass(serve, tmp_path):

@@ -137,6 +137,9 @@ def test_redaction_functions():
 
     assert redact_url("https://u:pw@host:8443/v1?api_key=K&x=1#bias") == "https://***@host:8443/v1?***#bias"
     assert redact_url("http://127.0.0.1:9/v1") == "http://127.0.0.1:9/v1"
+    for kept in ("sqlite:///runs/x.sqlite", "sqlite://", "sqlite:////abs/x.sqlite"):  # nothing to hide: unchanged
+        assert redact_url(kept) == kept
+    assert redact_url("postgresql://me:pw@db:5432/sweeps") == "postgresql://***@db:5432/sweeps"
     assert redact_urls("llm:openai:m@http://a:b@h/v1?t=s#bias and https://x/y?q") == (
         "llm:openai:m@http://***@h/v1?***#bias and https://x/y?***")
     assert redact_urls("openai:m@ftp://u:K@h/v1") == "openai:m@ftp://***@h/v1"  # a wrong scheme is still shown safely

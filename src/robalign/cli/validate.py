@@ -37,18 +37,27 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from robalign.errors import UserError
+    from robalign.shipped_configs import resolve_config
 
-    files = []
+    files, failed = [], 0
     for name in args.files:
         path = Path(name)
+        if not path.exists():  # a shipped config by name (robalign configs list)
+            try:
+                path = resolve_config(name)
+            except UserError as exc:
+                failed += 1
+                print(f"invalid {name}: {exc}")
+                continue
         files.extend(sorted(path.rglob("*.yaml")) if path.is_dir() else [path])
-    failed = 0
+    valid = 0
     for path in files:
         try:
             _validate_one(path)
+            valid += 1
             print(f"ok      {path}")
         except UserError as exc:
             failed += 1
             print(f"invalid {path}: {exc}")
-    print(f"{len(files) - failed} valid, {failed} invalid")
+    print(f"{valid} valid, {failed} invalid")
     return 1 if failed else 0

@@ -34,9 +34,12 @@ def load_judge_list(path: str | Path) -> list[tuple[str, Any]]:
     """[(name, spec)] from a judges YAML file; every spec is validated before anything runs."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"judges file {path} does not exist (an example: configs/judges/control_set.yaml)")
+    from robalign.shipped_configs import resolve_config
+
+    try:  # a file, or a shipped judges list by name (robalign configs list --kind judges)
+        path = resolve_config(path, kind="judges")
+    except UserError as exc:
+        raise UserError(f"judges file {path}: {exc} (an example: configs/judges/control_set.yaml)") from None
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -97,6 +97,8 @@ def redact_url(url: str) -> str:
     except ValueError:  # e.g. an unbalanced IPv6 bracket: show nothing of it
         return REDACTED
     netloc = parts.netloc
+    if "@" not in netloc and not parts.query:
+        return str(url)  # nothing to hide; urlunsplit would turn sqlite:///x into sqlite:/x
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = REDACTED if parts.query else ""
