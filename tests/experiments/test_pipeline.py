@@ -1,0 +1,152 @@
+"""The sweep cell pipeline end to end on a tiny world: prepare (world build, pre-training at two
+durations, idempotent), a `none` cell and a DPO cell (align -> clear-bias with the rule judge and
+an LLM judge over real HTTP on loopback -> harmful), the metric names of the contract, samples
+that carry labels, and a re-run that reuses every finished stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robalign.errors import UserError
+from robalign.evaluation.server import LocalOpenAIServer, ScriptedResponder
+from robalign.evaluation.tables import read_table
+from robalign.experiments import pipeline
+from robalign.experiments.sweep import expand, load_sweep_config
+
+# 2 base prompts per (category, task) = 40, two attacks the world writes and the bench runs
+TINY_WORLD = ["prompts.per_category=2", "corpus.draws_base=4", "corpus.draws_attacked=1",
+              "prompts.attacks=[prefix_injection:v1, refusal_suppression:v1]", "requests.per_category=2",
+              "requests.draws=4", "pairs.per_prompt=1", "judge.per_label=1"]
+STEPS, BATCH = 4, 4  # DPO steps and pairs per step: 16 distinct training pairs (< 1 epoch)
+
+
+def tiny_sweep(tmp: Path, judges: list[str], **extra) -> dict:
+    return {
+        "name": "pipe", "lane": "world", "out": str(tmp / "out"),
+        "world": {"overrides": TINY_WORLD},
+        "pretrain": {"size": "nano", "cooldown": 5, "threads": 1},
+        "train": {"config": "configs/train/dpo_world.yaml",
+                  "overrides": [f"training.max_steps={STEPS}", f"training.per_device_batch_size={BATCH}",
+                                "training.save_steps=2"]},
+        "methods": {"dpo": {}},
+        "grid": {"method": ["none", "dpo"], "pretrain.steps": [10, 20], "data.noise_rate": [0.0, 0.5]},
+        "skip": ["method=none and data.noise_rate>0"],
+        "bench": {"clear_bias": {"judges": judges, "max_new_tokens": 16},
+                  "harmful": {"judge": "keyword", "max_new_tokens": 16}},
+        **extra,
+    }
+
+
+def load(tmp: Path, config: dict, name: str = "sweep.yaml"):
+    path = tmp / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return load_sweep_config(path)
+
+
+@pytest.fixture(scope="module")
+def judge_server():
+    """An LLM judge that answers D to everything (over HTTP, through the openai backend)."""
+    with LocalOpenAIServer(ScriptedResponder(default="The answer takes no side.\n[[D]]")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, judge_server):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    sweep = load(tmp, tiny_sweep(tmp, ["rule", f"llm:openai:judge@{judge_server.base_url}"]))
+    messages: list[str] = []
+    pipeline.prepare(sweep, messages.append)
+    return sweep, messages
+
+
+def test_prepare_builds_the_world_and_a_checkpoint_at_each_duration_once(prepared):
+    sweep, messages = prepared
+    world = sweep.out_dir / "world"
+    record = json.loads((world / "world.json").read_text())
+    assert [c["steps"] for c in record["checkpoints"]] == [10, 20]  # one run, saved every gcd(10, 20)
+    assert all(c["cooldown"] == 5 for c in record["checkpoints"])
+    assert any(m.startswith("world ") for m in messages) and any(m.startswith("pretrain ") for m in messages)
+    again: list[str] = []
+    pipeline.prepare(sweep, again.append)
+    assert again == [] and json.loads((world / "world.json").read_text()) == record
+
+
+def test_a_grid_step_the_world_never_saved_is_refused(prepared, tmp_path):
+    sweep, _ = prepared
+    config = tiny_sweep(tmp_path, ["rule"], world={"dir": str(sweep.out_dir / "world"), "overrides": TINY_WORLD})
+    config["grid"]["pretrain.steps"] = [15, 20]  # 15 < 20, the last checkpoint, and was not saved
+    with pytest.raises(UserError, match=r"checkpoints at steps \[10, 20\].*\[15\]"):
+        pipeline.prepare(load(tmp_path, config))
+    other = tiny_sweep(tmp_path, ["rule"], world={"dir": str(sweep.out_dir / "world"),
+                                                  "overrides": [*TINY_WORLD, "seed=1"]})
+    with pytest.raises(UserError, match="another config"):  # the sweep asks for a world that is not there
+        pipeline.prepare(load(tmp_path, other, "other.yaml"))
+
+
+def cell(sweep, label: str):
+    return next(c for c in expand(sweep) if c.label == label)
+
+
+def test_none_and_dpo_cells_give_the_contract_metrics_and_labelled_samples(prepared):
+    sweep, _ = prepared
+    world = sweep.out_dir / "world"
+    none = cell(sweep, "method=none steps=20 noise_rate=0.0 seed=0")
+    base = pipeline.run_cell(sweep, none, sweep.out_dir / "cells" / none.id, lambda _: None)
+    m = base.metrics
+    assert not any(k.startswith("train/") for k in m)  # no alignment
+    assert (m["pretrain/steps"], base.provenance["model"]) == (20, str(world / "models" / "step_20"))
+    for name in ("clear_bias/safety", "clear_bias/base/safety", "clear_bias_llm/safety", "judges/kappa",
+                 "harmful/compliance", "harmful/refusal", "clear_bias/category/AGE/safety"):
+        assert set(m[name]) == {"value", "low", "high", "n"}, name
+    assert m["clear_bias/base/safety"]["value"] == pytest.approx((m["clear_bias/robustness"] + m["clear_bias/fairness"]) / 2)
+    assert isinstance(m["clear_bias/unparsed"], int) and m["clear_bias_llm/unparsed"] == 0
+
+    # samples: every answer under both judges, then every request
+    rule = read_table(sweep.out_dir / "cells" / none.id / "clear_bias" / "responses.jsonl")
+    llm = read_table(sweep.out_dir / "cells" / none.id / "clear_bias_llm" / "responses.jsonl")
+    requests = read_table(world / "harmful" / "prompts.csv")
+    by_bench = {b: [s for s in base.samples if s["benchmark"] == b] for b in ("clear_bias", "harmful")}
+    assert len(by_bench["clear_bias"]) == len(rule) + len(llm) and len(by_bench["harmful"]) == len(requests)
+    assert {s["label"] for s in by_bench["clear_bias"]} <= {"S", "CS", "D", "R", "UNPARSED"}
+    assert {s["judge"] for s in by_bench["clear_bias"]} == {"rule", f"llm:openai:judge@{prepared_url(sweep)}#bias"}
+    assert {s["attack"] for s in by_bench["clear_bias"]} <= {"", "prefix_injection:v1", "refusal_suppression:v1"}
+    assert {s["label"] for s in by_bench["harmful"]} <= {"safe", "unsafe", "R", "NR"}
+
+    # the LLM judge says D to everything: agreement = the rule judge's share of D on the same
+    # answers (the LLM judge attacks every category, the rule judge only those its gate passes)
+    shared = rule[rule["row_id"].isin(set(llm["row_id"]))]
+    assert m["judges/agreement"]["value"] == pytest.approx((shared["verdict"] == "D").mean())
+    assert m["judges/agreement"]["n"] == len(shared)
+    kappa = m["judges/kappa"]["value"]  # a constant rater agrees no more than chance: 0, or NaN if both constant
+    assert kappa is None or kappa == pytest.approx(0.0, abs=1e-12)
+
+    dpo = cell(sweep, "method=dpo steps=20 noise_rate=0.5 seed=0")
+    messages: list[str] = []
+    result = pipeline.run_cell(sweep, dpo, sweep.out_dir / "cells" / dpo.id, messages.append)
+    m = result.metrics
+    for name in ("train/eval/rewards/accuracies", "train/noisy/rewards/accuracies"):
+        assert set(m[name]) == {"value", "low", "high", "n"} and 0 <= m[name]["value"] <= 1
+    assert m["train/noisy/pairs"] == STEPS * BATCH  # every pair the 4 steps drew, once
+    assert m["train/eval/pairs"] == m["train/eval/rewards/accuracies"]["n"] == len(read_table(world / "pairs" / "eval.jsonl"))
+    assert m["train/steps"] == STEPS and m["train/seconds"] > 0
+    info = json.loads(Path(result.provenance["train_run"]).read_text())
+    assert info["noise_rate"] == 0.5 and len(info["flipped_ids"]) == round(0.5 * info["train_pairs"])
+    assert result.provenance["train_config"]["model"]["name_or_path"] == str(world / "models" / "step_20")
+    # the noisy pairs' reference log-probs were all in the per-sequence cache after training
+    assert result.provenance["noisy_eval"]["reference_sequences_computed"] == 0
+    assert result.provenance["model"] == str(sweep.out_dir / "cells" / dpo.id / "train" / "model")
+
+    # again: the finished training is read back, every answer comes from the cache
+    again = pipeline.run_cell(sweep, dpo, sweep.out_dir / "cells" / dpo.id, messages.append)
+    assert any(msg.startswith("align: reusing") for msg in messages)
+    assert again.metrics == m
+    summary = json.loads((sweep.out_dir / "cells" / dpo.id / "clear_bias" / "summary.json").read_text())
+    assert summary["costs"]["actual"]["by_backend"]["model"]["cache_misses"] == 0
+
+
+def prepared_url(sweep) -> str:
+    return sweep.bench.clear_bias.judges[1].removeprefix("llm:openai:judge@")
