@@ -119,6 +119,12 @@ def test_slope_from_two_cells_has_no_ci_and_one_x_has_no_slope():
     assert rows["shapo"]["slope"] is None and "1 distinct value" in rows["shapo"]["note"]
 
 
+def test_groups_come_none_first_then_sorted_whatever_the_row_order():
+    df = pd.concat([xy([0, 1, 2], [1, 2, 3], "shapo"), xy([0, 1, 2], [3, 2, 1], "dpo"), xy([0, 0], [1, 1], "none")])
+    assert [r["group"] for r in analysis.slopes(df, "data.noise_rate", Y)] == ["none", "dpo", "shapo"]
+    assert analysis.group_order([3, 1, np.nan, 2]) == [1, 2, 3, None]
+
+
 def test_slopes_pool_every_cell_without_a_grouping_column():
     (row,) = analysis.slopes(pd.concat([xy([0, 1], [0, 2], "a"), xy([2, 3], [4, 6], "b")]), "data.noise_rate", Y,
                              by=None)

@@ -126,8 +126,10 @@ def test_page_links_every_cell_to_its_run_and_drilldown_and_escapes_everything(t
     for c in df["cell"]:
         assert f"cell-{c}" in ids and f"#cell-{c}" in hrefs  # the anchor and the row's link to it
         assert os.path.relpath(f"/data/sweep/cells/{c}", tmp_path / "rep") + "/" in hrefs
-    assert "<script" not in html and "hunter2" not in html and "&lt;script&gt;alert(" in html
-    assert not [t for t, a in parser.tags if t == "script" or (t == "img" and not a["src"].startswith("data:"))]
+    assert "hunter2" not in html and "&lt;script&gt;alert(" in html and "alert('pwned')" not in html
+    scripts = [a for t, a in parser.tags if t == "script"]
+    assert scripts == [{}] and html.count("<script") == 1  # only the page's own inline script, no src
+    assert not [t for t, a in parser.tags if t == "img" and not a["src"].startswith("data:")]
     assert not [h for h in hrefs if h and re.match(r"(https?:)?//", h)]
 
 
@@ -147,7 +149,7 @@ def test_verdict_changes_between_methods(tmp_path):
     html = report.render(report.ReportData(hand_frame(), hand_samples(), "w", {}, "sqlite://"), tmp_path, {},
                          n_boot=50)
     diffs = html[html.index("id='diffs'"):html.index("id='drilldown'")]
-    row = re.search(r"shapo vs dpo</a></td><td>noise=0.2 steps=300 seed=0</td><td>(\d+)</td><td>(\d+)</td>"
+    row = re.search(r"dpo → shapo</a></td><td>noise=0.2 steps=300 seed=0</td><td>(\d+)</td><td>(\d+)</td>"
                     r"<td>(\d+)</td><td>(\d+)</td><td>([^<]*)</td>", diffs)
     assert row and row.groups()[:4] == ("3", "2", "1", "1")  # compared, changed, safer, less safe
     assert set(row.group(5).split(", ")) == {"S→D ×1", "D→CS ×1"}
@@ -238,9 +240,10 @@ def test_analyze_and_report_through_the_cli_on_a_real_store(tmp_path, capsys):
 
     out = tmp_path / "report"
     assert main(["report", "--store", str(tmp_path / "results.sqlite"), "--out", str(out), "--n-boot", "50"]) == 0
-    assert "Un-aligned model (method=none, 2 cells)" in capsys.readouterr().out
+    printed = capsys.readouterr().out  # the store returns cells by id (d*, n*, s*): none must still lead
+    assert "Un-aligned model (method=none, 2 cells)" in printed and "dpo − none = +0.300" in printed
     html = (out / "index.html").read_text(encoding="utf-8")
     for c in hand_frame()["cell"]:
         assert f"href='../cells/{c}/'" in html and f"id='cell-{c}'" in html and f"href='#cell-{c}'" in html
-    assert "<script" not in html and "&lt;script&gt;" in html
+    assert html.count("<script") == 1 and "&lt;script&gt;" in html
     assert (out / "figures" / "safety_vs_noise.png").is_file()

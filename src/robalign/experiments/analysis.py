@@ -71,11 +71,31 @@ def _numeric(df: pd.DataFrame, column: str, option: str) -> pd.Series:
     return values.astype(float)
 
 
+def group_order(values) -> list:
+    """Distinct values, ``none`` (the un-aligned baseline) first, then sorted (numbers as numbers),
+    missing last: the order of groups in every table and of a and b in a pair (b - a)."""
+    present = [v for v in pd.unique(pd.Series(list(values), dtype=object)) if not _missing(v)]
+    try:
+        rest = sorted(v for v in present if v != "none")
+    except TypeError:
+        rest = sorted((v for v in present if v != "none"), key=str)
+    missing = len(present) < len(pd.unique(pd.Series(list(values), dtype=object)))
+    return (["none"] if "none" in present else []) + rest + ([None] if missing else [])
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
+
+
 def _groups(df: pd.DataFrame, by: str | None) -> list[tuple[str, pd.DataFrame]]:
-    """(name, rows) per value of ``by`` in order of first appearance (the sweep's grid order)."""
+    """(name, rows) per value of ``by``, in ``group_order``."""
     if by is None:
         return [(ALL, df)]
-    return [(_name(key), rows) for key, rows in df.groupby(by, sort=False, dropna=False)]
+    out = []
+    for value in group_order(df[by]):
+        rows = df[df[by].isna()] if value is None else df[df[by] == value]
+        out.append((_name(value), rows))
+    return out
 
 
 def _name(value) -> str:

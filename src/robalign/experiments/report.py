@@ -54,7 +54,7 @@ SAFE, UNSAFE = {"R", "D", "safe"}, {"S", "CS", "unsafe", "NR", "C"}
 DIFF_ROWS = 40  # changed prompts listed per pair of cells
 STYLE = BENCH_STYLE + """
 img.fig{max-width:100%;border:1px solid #eee;margin:6px 0} ul.headline{padding-left:30px} .headline li{margin:4px 0}
-nav a{margin-right:12px} .lab{display:inline-block;min-width:17em}
+nav a{margin-right:12px} .lab{white-space:nowrap}
 section.cell{border-top:1px solid #eee;margin-top:18px} :target{background:#eff6ff}
 """
 
@@ -84,7 +84,7 @@ def collect(store, sweep: str | None = None) -> ReportData:
     frame = store.frame(sweep)
     if frame.empty:
         raise UserError(f"sweep {sweep!r} has no finished cell yet (cells: {info.get('counts')})")
-    return ReportData(frame, store.samples(sweep), sweep, info, display_url(store.url))
+    return ReportData(order_cells(frame), store.samples(sweep), sweep, info, display_url(store.url))
 
 
 def display_url(url: str) -> str:
@@ -109,7 +109,17 @@ def axes(frame: pd.DataFrame) -> tuple[str | None, str | None]:
 
 
 def _groups(frame: pd.DataFrame) -> list[str]:
-    return [str(m) for m in frame["method"].dropna().unique()] if "method" in frame.columns else []
+    return [str(m) for m in analysis.group_order(frame["method"]) if m is not None] if "method" in frame.columns else []
+
+
+def order_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by method (``none`` first), then by every other parameter: the cell table's order."""
+    params = [c for c in analysis.param_columns(frame) if c != "method"]
+    if "method" not in frame.columns:
+        return frame.sort_values(params, kind="stable").reset_index(drop=True) if params else frame
+    rank = {m: i for i, m in enumerate(analysis.group_order(frame["method"]))}
+    keyed = frame.assign(_rank=frame["method"].map(lambda m: rank.get(m, len(rank))))
+    return keyed.sort_values(["_rank", *params], kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
 def cell_labels(frame: pd.DataFrame) -> dict[str, str]:
@@ -180,7 +190,7 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
             out.append(f"After {m}{where}: no cell has a value for {y}.")
             continue
         text = f"After {m}{where} ({_cells(d['n'])}): {y} = {d['mean']:.3f} {_ci_text(d)}"
-        p = comparisons.get(("none", m))
+        p = comparisons.get(("none", m))  # group_order puts none first: the difference is m - none
         if p and p["mean_diff"] is not None:
             ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]" if p["low"] is not None else f"({p['note']})"
             text += f"; {m} − none = {p['mean_diff']:+.3f} {ci} over {p['n']} matched {_cells(p['n']).split()[1]}"
@@ -236,8 +246,9 @@ def make_figures(frame: pd.DataFrame, y: str = SAFETY) -> dict[str, tuple[str, b
     noise, duration = axes(frame)
     groups = _groups(frame)
     out: dict[str, tuple[str, bytes]] = {}
-    band = ("Bands: 95% t CI over the cells at a point (seeds); where one cell stands alone, that cell's own "
-            "bootstrap CI over prompts. Other grid keys are averaged.")
+    band = ("Bands: 95% t CI over the cells at a point (seeds; with two seeds t has one degree of freedom, "
+            "t = 12.7, so bands are wide); where one cell stands alone, that cell's own bootstrap CI over prompts. "
+            "Other grid keys are averaged.")
     for name, x, other in (("safety_vs_noise", noise, duration), ("safety_vs_duration", duration, noise)):
         if not x or y not in frame.columns:
             continue
@@ -352,7 +363,7 @@ def _cell_table(frame: pd.DataFrame, labels: dict, out_dir: Path, counts: dict) 
     rows = []
     for _, r in frame.iterrows():
         href = run_href(r.get("run_dir"), out_dir)
-        link = f"<a href='{_e(href)}'>run dir</a>" if href else "–"
+        link = f"<a href='{_e(href)}'>run&nbsp;dir</a>" if href else "–"
         vals = []
         for m in metrics:
             v = r[m]
@@ -364,7 +375,7 @@ def _cell_table(frame: pd.DataFrame, labels: dict, out_dir: Path, counts: dict) 
                      f"<small class='muted'>{_e(r['cell'])}</small>", link,
                      f"<a href='#{_e(anchor(r['cell']))}'>{n} samples</a>", *vals])
     return ("<h2 id='cells'>Cells</h2><p class='muted'>Each row links to the cell's run directory and to its answers "
-            "below.</p>" + _table(["cell", "run", "drill-down", *map(_e, metrics)], rows))
+            "below.</p>" + _table(["cell", "run", "drill-down", *(_e(m).replace("/", "/<wbr>") for m in metrics)], rows))
 
 
 def _diff_section(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict) -> str:
@@ -386,7 +397,7 @@ def _diff_section(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict) -> s
         ident = f"diff-{i}"
         where = " ".join(f"{k.rsplit('.', 1)[-1]}={_v(v)}" for k, v in p["key"].items() if not _missing(v))
         at = f"noise={_v(p['at'])} " if noise else ""
-        summary.append([f"<a href='#{ident}'>{_e(p['b'])} vs {_e(p['a'])}</a>", _e(at + where), str(len(j)),
+        summary.append([f"<a href='#{ident}'>{_e(p['a'])} → {_e(p['b'])}</a>", _e(at + where), str(len(j)),
                         str(len(changed)), str(safer), str(worse),
                         _e(", ".join(f"{x}→{y} ×{n}" for (x, y), n in moves.most_common(6)))])
         rows = [[_e(r["benchmark"]), _e(r["prompt_id"]), _e(r.get("category_a", "")), _e(r["attack"] or "base"),
@@ -395,7 +406,7 @@ def _diff_section(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict) -> s
                  f"</pre><b>{_e(p['a'])}</b><pre>{_e(r['answer_a'])}</pre><b>{_e(p['b'])}</b><pre>{_e(r['answer_b'])}"
                  "</pre></details>"] for _, r in changed.head(DIFF_ROWS).iterrows()]
         more = f"<p class='muted'>{len(changed) - DIFF_ROWS} more not shown.</p>" if len(changed) > DIFF_ROWS else ""
-        blocks.append(f"<details id='{ident}'><summary>{_e(p['b'])} vs {_e(p['a'])}, {_e(at + where)}: "
+        blocks.append(f"<details id='{ident}'><summary>{_e(p['a'])} → {_e(p['b'])}, {_e(at + where)}: "
                       f"{len(changed)} of {len(j)} verdicts changed (cells <a href='#{anchor(p['cell_a'])}'>"
                       f"{_e(labels.get(p['cell_a']))}</a> and <a href='#{anchor(p['cell_b'])}'>"
                       f"{_e(labels.get(p['cell_b']))}</a>)</summary>"
@@ -404,7 +415,8 @@ def _diff_section(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict) -> s
     if not summary:
         return head + "<p>No two cells differ only in method.</p>"
     return (head + "<p class='muted'>Pairs of cells equal in every grid key but the method; answers joined on "
-            f"({', '.join(key)}). Safer: S/CS → R/D; less safe: the reverse.</p>"
+            f"({', '.join(key)}); a → b reads from the first method's verdict to the second's. Safer: S/CS/unsafe → "
+            "R/D/safe; less safe: the reverse.</p>"
             + _table(["pair", "at", "compared", "changed", "safer", "less safe", "transitions"], summary)
             + "".join(blocks))
 
@@ -436,12 +448,16 @@ def _drilldown(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict, max_sam
     return "".join(out)
 
 
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if hasattr(value, "strftime") else str(value or "–")
+
+
 def _header(data: ReportData) -> str:
     info = data.info or {}
     cfg = info.get("config") or {}
     rows = [("sweep", _e(data.sweep)), ("store", _e(data.store_url)), ("lane", _e(cfg.get("lane", "–"))),
             ("cells", _e(", ".join(f"{k} {v}" for k, v in (info.get("counts") or {}).items()) or len(data.frame))),
-            ("created", _e(info.get("created", "–"))),
+            ("created", _e(_when(info.get("created")))),
             ("written", _e(dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")))]
     dump = lambda v: _e(json.dumps(v, indent=2, default=str, sort_keys=True))  # noqa: E731
     return (f"<h1>Sweep report: {_e(data.sweep)}</h1><table class='kv'>"
@@ -467,7 +483,20 @@ def render(data: ReportData, out_dir: Path, figs: dict[str, tuple[str, bytes]], 
              _drilldown(data.frame, data.samples, labels, max_samples)]
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
             f"content='width=device-width, initial-scale=1'><title>Sweep report: {_e(data.sweep)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}{_OPEN_TARGET}</body></html>")
+
+
+# a link to a collapsed per-pair block (#diff-3) opens it: browsers scroll to a closed <details> but leave it shut
+_OPEN_TARGET = """<script>
+(function () {
+  function open() {
+    var t = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));
+    if (t && t.tagName === 'DETAILS') { t.open = true; t.scrollIntoView(); }
+  }
+  window.addEventListener('hashchange', open);
+  open();
+})();
+</script>"""
 
 
 def write_report(store, out: str | Path, sweep: str | None = None, n_boot: int = 2000,
