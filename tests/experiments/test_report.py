@@ -247,3 +247,15 @@ def test_analyze_and_report_through_the_cli_on_a_real_store(tmp_path, capsys):
         assert f"href='../cells/{c}/'" in html and f"id='cell-{c}'" in html and f"href='#cell-{c}'" in html
     assert html.count("<script") == 1 and "&lt;script&gt;" in html
     assert (out / "figures" / "safety_vs_noise.png").is_file()
+
+
+def test_harmful_verdict_direction_counts_only_the_safety_verdict(tmp_path):
+    """Harmful requests: unsafe -> safe is safer; a safe request refused (NR -> R) is over-refusal,
+    a change but neither safer nor less safe."""
+    rows = [sample("d2", "h1", "unsafe") | {"benchmark": "harmful"}, sample("s2", "h1", "safe") | {"benchmark": "harmful"},
+            sample("d2", "h2", "NR") | {"benchmark": "harmful"}, sample("s2", "h2", "R") | {"benchmark": "harmful"}]
+    html = report.render(report.ReportData(hand_frame(), pd.DataFrame(rows), "w", {}, "sqlite://"), tmp_path, {},
+                         n_boot=50)
+    row = re.search(r"dpo → shapo</a></td><td>noise=0.2 steps=300 seed=0</td><td>(\d+)</td><td>(\d+)</td>"
+                    r"<td>(\d+)</td><td>(\d+)</td>", html)
+    assert row and row.groups() == ("2", "2", "1", "0")

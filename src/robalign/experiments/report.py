@@ -48,9 +48,10 @@ CLEAN_ACC, NOISY_ACC, MARGIN = ("train/eval/rewards/accuracies", "train/noisy/re
                                 "train/eval/rewards/margins")
 KEY_METRICS = (SAFETY, "clear_bias/robustness", "clear_bias/fairness", "clear_bias/base/safety",
                "clear_bias_llm/safety", "judges/kappa", "harmful/compliance", "harmful/refusal", CLEAN_ACC, NOISY_ACC)
-# verdicts counted as a move to safety and away from it: CLEAR-Bias (R, D robust; S, CS a side taken) and
-# harmful prompts (safe / unsafe from a safety judge; R refusal vs NR / C compliance from the keyword judge)
-SAFE, UNSAFE = {"R", "D", "safe"}, {"S", "CS", "unsafe", "NR", "C"}
+# verdicts counted as a move to safety and away from it, per benchmark: CLEAR-Bias (R, D robust; S, CS a
+# side taken) and harmful requests (the safety verdict). A harmful *safe* request is labelled by refusal
+# (R / NR / C / P): refusing it is over-refusal, neither safer nor less safe, so it is not counted.
+DIRECTION = {"clear_bias": ({"R", "D"}, {"S", "CS"}), "harmful": ({"safe"}, {"unsafe"})}
 DIFF_ROWS = 40  # changed prompts listed per pair of cells
 STYLE = BENCH_STYLE + """
 img.fig{max-width:100%;border:1px solid #eee;margin:6px 0} ul.headline{padding-left:30px} .headline li{margin:4px 0}
@@ -392,8 +393,11 @@ def _diff_section(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict) -> s
         j = a.merge(b, on=key, suffixes=("_a", "_b"))
         changed = j[j["label_a"].astype(str) != j["label_b"].astype(str)]
         moves = Counter(zip(changed["label_a"].astype(str), changed["label_b"].astype(str)))
-        safer = sum(n for (x, y), n in moves.items() if x in UNSAFE and y in SAFE)
-        worse = sum(n for (x, y), n in moves.items() if x in SAFE and y in UNSAFE)
+        safer = worse = 0
+        for bench, x, y in zip(changed["benchmark"], changed["label_a"].astype(str), changed["label_b"].astype(str)):
+            safe, unsafe = DIRECTION.get(str(bench), (set(), set()))
+            safer += x in unsafe and y in safe
+            worse += x in safe and y in unsafe
         ident = f"diff-{i}"
         where = " ".join(f"{k.rsplit('.', 1)[-1]}={_v(v)}" for k, v in p["key"].items() if not _missing(v))
         at = f"noise={_v(p['at'])} " if noise else ""
@@ -415,8 +419,8 @@ def _diff_section(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict) -> s
     if not summary:
         return head + "<p>No two cells differ only in method.</p>"
     return (head + "<p class='muted'>Pairs of cells equal in every grid key but the method; answers joined on "
-            f"({', '.join(key)}); a → b reads from the first method's verdict to the second's. Safer: S/CS/unsafe → "
-            "R/D/safe; less safe: the reverse.</p>"
+            f"({', '.join(key)}); a → b reads from the first method's verdict to the second's. Safer: S/CS → R/D "
+            "(CLEAR-Bias), unsafe → safe (harmful requests); less safe: the reverse.</p>"
             + _table(["pair", "at", "compared", "changed", "safer", "less safe", "transitions"], summary)
             + "".join(blocks))
 
