@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import runners
 import yaml
 
 from robalign.cli import main
@@ -219,6 +220,7 @@ def test_a_failing_cell_is_recorded_the_others_go_on_and_the_cli_says_how_to_ret
     (out / "fail_on").unlink()
     assert main(["sweep", "--config", str(path), "--runner", "runners"]) == 0
     assert len(runs(out)) == 12  # 10 cells + the 2 failed ones again
+    assert not any((out / "cells" / cell.id / "error.txt").exists() for cell in failed)
     assert set(Store(f"sqlite:///{out / 'results.sqlite'}").status("toy").values()) == {"done"}
 
 
@@ -269,11 +271,11 @@ def test_a_changed_config_needs_restart_which_reruns_everything(tmp_path, capsys
 
 
 def test_a_second_driver_on_the_same_out_is_refused(tmp_path):
-    from robalign.experiments.sweep import _driver_lock
+    from robalign.experiments.executors import driver_lock
 
     sweep = load_sweep_config(write(tmp_path, BASE))
     (tmp_path / "out").mkdir()
-    with _driver_lock(tmp_path / "out"), pytest.raises(UserError, match="another `robalign sweep` is running"):
+    with driver_lock(tmp_path / "out"), pytest.raises(UserError, match="another `robalign sweep` is running"):
         run_sweep(sweep, log=quiet, runner="runners")
 
 
@@ -326,3 +328,32 @@ def test_postgres_store_gives_the_same_table_locally_and_through_ray(tmp_path, p
     assert len(expected) == 10
     for url in (postgres_database, ray_url):
         assert comparable(Store(url).frame("toy")).equals(expected)
+
+
+class CountingRunner:
+    """A runner that is an object, not a module: the local executor takes it as it is."""
+
+    def __init__(self):
+        self.prepared, self.ran = 0, []
+
+    def prepare(self, sweep, log=print):
+        self.prepared += 1
+
+    def run_cell(self, sweep, cell, cell_dir, log=print):
+        self.ran.append(cell.label)
+        return runners.CellResult({"toy/seed": float(cell.params["seed"])}, [], {})
+
+
+def test_an_object_runner_runs_locally_and_ray_asks_for_a_module(tmp_path, monkeypatch):
+    sweep = load_sweep_config(write(tmp_path, {**BASE, "grid": {"method": ["dpo"], "seed": [0, 1, 2]}, "skip": []}))
+    runner = CountingRunner()
+    assert len(run_sweep(sweep, log=quiet, runner=runner)["done"]) == 3
+    assert runner.prepared == 1 and runner.ran == [f"method=dpo seed={s}" for s in (0, 1, 2)]
+    frame = Store(f"sqlite:///{tmp_path / 'out' / 'results.sqlite'}").frame("toy")
+    assert sorted(frame["toy/seed"]) == [0.0, 1.0, 2.0]
+    with pytest.raises(UserError, match="pass a module or a module path"):
+        run_sweep(sweep, executor="ray", log=quiet, runner=CountingRunner())
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(UserError, match=r"pip install 'robalign\[ray\]'"):
+        run_sweep(sweep, executor="ray", log=quiet, runner="runners", restart=True)
+    assert len(frame) == len(Store(f"sqlite:///{tmp_path / 'out' / 'results.sqlite'}").frame("toy"))  # untouched

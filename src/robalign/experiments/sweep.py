@@ -12,39 +12,31 @@ field types first (``0`` and ``0.0`` are one noise rate, one cell).
 ``run_sweep`` is the loop: record the sweep in the store (its config, git hash and
 versions), let the runner prepare what every cell shares (world, pre-training), then for
 each cell not yet done: claim it in the store, run it in ``OUT/cells/<id>/``, and write its
-metrics and samples in one transaction. The store is the only record of what is done, so a
-sweep killed at any point and run again skips every finished cell and runs the rest; a cell
-that raised is marked failed (traceback in ``OUT/cells/<id>/error.txt``), the others go on,
-and the next run retries it. A lock file keeps two drivers off one ``OUT`` on one host,
-which is what lets a new driver take back the cells a killed one left ``running``.
+metrics and samples in one transaction (``executors.run_one``). The store is the only record
+of what is done, so a sweep killed at any point and run again skips every finished cell and
+runs the rest; a cell that raised is marked failed (traceback in ``OUT/cells/<id>/error.txt``),
+the others go on, and the next run retries it.
 
-The runner is a module (or any object) with ``prepare(sweep, log)`` and
-``run_cell(sweep, cell, cell_dir, log) -> CellResult(metrics, samples, provenance)``;
-the default is ``robalign.experiments.pipeline``. The Ray executor runs each cell as a
-``ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell)`` task that imports the runner
-by its module path, claims the cell, runs it and writes its own result to the store; the
-driver only waits and counts. Ray is imported lazily (``pip install robalign[ray]``).
+The runner is a module (or, locally, any object) with ``prepare(sweep, log)`` and
+``run_cell(sweep, cell, cell_dir, log) -> CellResult(metrics, samples, provenance)``; the
+default is ``robalign.experiments.pipeline``. Cells run one at a time in the driver or as
+Ray tasks (``robalign.experiments.executors``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import fcntl
 import hashlib
 import importlib
 import itertools
 import json
 import math
 import operator
-import os
 import re
 import shutil
 import socket
-import sys
 import time
-import traceback
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,13 +409,18 @@ def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | 
     if dry_run:
         return _dry_run(sweep, cells, url)
     from robalign.evaluation.specs import redact_value
+    from robalign.experiments.executors import driver_lock, module_path, require_ray, run_local, run_ray
     from robalign.experiments.store import Store
     from robalign.provenance import run_record, write_json_atomic
 
+    module = _resolve_runner(runner)
+    if executor == "ray":  # fail before touching the store
+        require_ray()
+        ray_runner = module_path(runner if runner is not None else module)
     start = time.perf_counter()
     out = sweep.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    with _driver_lock(out):
+    with driver_lock(out):
         store = Store(url)
         if restart:
             store.delete_sweep(sweep.name)
@@ -436,15 +433,14 @@ def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | 
             f"({executor}, store {display_url(url)})")
         if executor == "local" and sweep.executor.workers > 1:
             log("executor.workers > 1 takes effect with --executor ray; local runs one cell at a time")
-        module = _resolve_runner(runner)
         module.prepare(sweep, log)
         # the lock makes this driver the only one of this host and OUT, so cells left running under
         # this name belong to a driver that died: claim() hands them back to us
         worker = f"{socket.gethostname()}:{out.resolve()}"
         if executor == "ray":
-            outcome = _run_ray(sweep, pending, url, worker, _module_path(runner if runner is not None else module))
+            outcome = run_ray(sweep, pending, url, worker, ray_runner)
         else:
-            outcome = _run_local(sweep, pending, store, worker, module, log)
+            outcome = run_local(sweep, pending, store, worker, module, log)
     summary = {
         "sweep": sweep.name, "store": display_url(url), "executor": executor, "cells": len(cells),
         "skipped_by_rules": math.prod(len(v) for v in _grid(sweep).values()) - len(cells),
@@ -472,27 +468,6 @@ def _dry_run(sweep: SweepConfig, cells: list[Cell], url: str) -> dict:
     return {"sweep": sweep.name, "cells": rows}
 
 
-class _driver_lock:
-    """``fcntl.flock`` on OUT/.sweep.lock for the whole run: one driver per OUT on this host."""
-
-    def __init__(self, out: Path):
-        self.path = out / ".sweep.lock"
-
-    def __enter__(self):
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise UserError(f"another `robalign sweep` is running on {self.path.parent} (lock {self.path}); "
-                            "wait for it to finish, or stop it first") from None
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
-
-
 def _resolve_runner(runner: Any) -> Any:
     if runner is None or isinstance(runner, str):
         name = runner or DEFAULT_RUNNER
@@ -503,133 +478,3 @@ def _resolve_runner(runner: Any) -> Any:
     if not (callable(getattr(runner, "prepare", None)) and callable(getattr(runner, "run_cell", None))):
         raise UserError(f"runner {runner!r} needs prepare(sweep, log) and run_cell(sweep, cell, cell_dir, log)")
     return runner
-
-
-def run_one(store, sweep: SweepConfig, cell: Cell, runner: Any, worker: str, log: Callable[[str], None]) -> str:
-    """Claim ``cell``, run it, store its result: 'done', 'failed' (error.txt written) or
-    'busy' (done or running elsewhere by now). Everything the cell logs goes to its log.txt too."""
-    if not store.claim(sweep.name, cell.id, cell.params, worker):
-        return "busy"
-    cell_dir = (sweep.out_dir / "cells" / cell.id).resolve()
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    with open(cell_dir / "log.txt", "a", encoding="utf-8") as log_file:
-        def cell_log(text: str) -> None:
-            log_file.write(f"{text}\n")
-            log_file.flush()
-            log(text)
-
-        try:
-            result = runner.run_cell(sweep, cell, cell_dir, cell_log)
-            store.finish(sweep.name, cell.id, metrics=result.metrics, run_dir=str(cell_dir),
-                         provenance=result.provenance, samples=result.samples)
-            return "done"
-        except Exception as exc:  # a failing cell is recorded; the sweep goes on
-            (cell_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            store.fail(sweep.name, cell.id, f"{type(exc).__name__}: {exc}")
-            log(f"cell {cell.label} failed: {type(exc).__name__}: {exc} (traceback in {cell_dir / 'error.txt'})")
-            return "failed"
-
-
-def _run_local(sweep: SweepConfig, cells: list[Cell], store, worker: str, runner: Any,
-               log: Callable[[str], None]) -> dict[str, str]:
-    """One cell after the other in this process; print goes above the progress bar."""
-    from tqdm.auto import tqdm
-
-    outcome = {}
-    with tqdm(total=len(cells), desc=f"sweep {sweep.name}", unit="cell", disable=not cells) as bar:
-        def cell_log(text: str) -> None:
-            tqdm.write(text, file=sys.stderr) if log is print else log(text)
-
-        for cell in cells:
-            bar.set_postfix_str(cell.label)
-            outcome[cell.id] = run_one(store, sweep, cell, runner, worker, cell_log)
-            bar.update()
-    return outcome
-
-
-def _module_path(runner: Any) -> tuple[str, list[str]]:
-    """The runner's module name and the sys.path entry a Ray worker needs to import it."""
-    if runner is None or isinstance(runner, str):
-        name = runner or DEFAULT_RUNNER
-        module = importlib.import_module(name)
-    elif isinstance(runner, types.ModuleType):
-        name, module = runner.__name__, runner
-    else:
-        raise UserError("the ray executor imports the runner in each worker: pass a module or a module path "
-                        "(e.g. robalign.experiments.pipeline), not an object")
-    file = Path(getattr(module, "__file__", "") or ".").resolve()
-    depth = len(name.split(".")) - (0 if file.name == "__init__.py" else 1)
-    return name, [str(file.parents[depth])] if file.name.endswith(".py") else []
-
-
-def _ray_cell(runner: str, sys_path: list[str], cwd: str, sweep: SweepConfig, cell: Cell, url: str,
-              worker: str) -> str:
-    """One cell in a Ray worker: import the runner, claim, run, write the result to the store."""
-    os.chdir(cwd)  # relative paths in the config mean the same as in the driver
-    for entry in sys_path:
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    from robalign.experiments.store import Store
-
-    return run_one(Store(url), sweep, cell, importlib.import_module(runner), worker, lambda text: None)
-
-
-def _run_ray(sweep: SweepConfig, cells: list[Cell], url: str, worker: str,
-             runner: tuple[str, list[str]]) -> dict[str, str]:
-    """Each cell a Ray task on a local instance (or the cluster RAY_ADDRESS names) that writes
-    its own result; the driver waits, counts, and records cells whose worker died."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("the ray executor needs Ray: pip install 'robalign[ray]' (or use --executor local)") from None
-    from tqdm.auto import tqdm
-
-    name, sys_path = runner
-    ex = sweep.executor
-    started = not ray.is_initialized()
-    if started:
-        if os.environ.get("RAY_ADDRESS"):  # a cluster the user points at
-            ray.init(log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(1, int(ex.workers * ex.cpus_per_cell)), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-    try:
-        if ex.gpus_per_cell > ray.cluster_resources().get("GPU", 0):
-            raise UserError(f"executor.gpus_per_cell={ex.gpus_per_cell} but Ray sees "
-                            f"{ray.cluster_resources().get('GPU', 0):g} GPUs; set executor.gpus_per_cell=0 on CPU")
-        # max_retries=0: a cell whose worker died is recorded failed, not run again behind the user's back
-        task = ray.remote(num_cpus=ex.cpus_per_cell, num_gpus=ex.gpus_per_cell, max_retries=0)(_ray_cell)
-        refs = {task.remote(name, sys_path, os.getcwd(), sweep, c, url, worker): c for c in cells}
-        outcome: dict[str, str] = {}
-        with tqdm(total=len(cells), desc=f"sweep {sweep.name} (ray)", unit="cell", disable=not cells) as bar:
-            waiting = list(refs)
-            while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=1)
-                cell = refs[ready[0]]
-                try:
-                    outcome[cell.id] = ray.get(ready[0])
-                except Exception as exc:  # the worker died or the task failed outside run_one
-                    outcome[cell.id] = _record_crash(sweep, cell, url, exc)
-                if outcome[cell.id] == "failed":
-                    tqdm.write(f"cell {cell.label} failed (see {sweep.out_dir / 'cells' / cell.id / 'error.txt'})",
-                               file=sys.stderr)
-                bar.update()
-        return outcome
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _record_crash(sweep: SweepConfig, cell: Cell, url: str, exc: BaseException) -> str:
-    from robalign.experiments.store import Store
-
-    cell_dir = sweep.out_dir / "cells" / cell.id
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    (cell_dir / "error.txt").write_text(
-        f"{type(exc).__name__}: {exc}\n\nThe cell's Ray worker died or its task failed outside the runner (killed, out "
-        f"of memory, a crash in native code). The cell's own log: {cell_dir / 'log.txt'}; Ray's worker logs: "
-        "/tmp/ray/session_latest/logs/\n", encoding="utf-8")
-    store = Store(url)
-    if store.status(sweep.name).get(cell.id) == "running":
-        store.fail(sweep.name, cell.id, f"{type(exc).__name__}: {str(exc)[:2000]}")
-    return "failed"
