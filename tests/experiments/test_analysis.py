@@ -125,6 +125,16 @@ def test_groups_come_none_first_then_sorted_whatever_the_row_order():
     assert analysis.group_order([3, 1, np.nan, 2]) == [1, 2, 3, None]
 
 
+def test_a_constant_metric_has_slope_zero_not_rounding_noise():
+    """0.1 + 0.2 != 0.3 in floats: OLS on (0.3, 0.1 + 0.2, 0.3) gives a slope of ~1e-16 with a
+    meaningless p; the table says 0 and why."""
+    (row,) = analysis.slopes(xy([0, 0.2, 0.4], [0.3, 0.1 + 0.2, 0.3]), "data.noise_rate", Y)
+    assert (row["slope"], row["low"], row["high"], row["p"], row["constant"]) == (0.0, 0.0, 0.0, None, True)
+    assert "is constant (0.3)" in row["note"]
+    (corr,) = analysis.correlations(xy([0, 0.2, 0.4], [0.3, 0.1 + 0.2, 0.3]), "data.noise_rate", Y, n_boot=10)
+    assert corr["spearman"]["value"] is None
+
+
 def test_slopes_pool_every_cell_without_a_grouping_column():
     (row,) = analysis.slopes(pd.concat([xy([0, 1], [0, 2], "a"), xy([2, 3], [4, 6], "b")]), "data.noise_rate", Y,
                              by=None)

@@ -119,6 +119,11 @@ def _xy(rows: pd.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray, int
     return xs[keep].to_numpy(), ys[keep].to_numpy(), int((~keep).sum())
 
 
+def _constant(v: np.ndarray) -> bool:
+    """No spread beyond float rounding (a mean of 0.1-steps can differ in the 17th digit)."""
+    return len(v) > 0 and float(np.ptp(v)) <= 1e-12 * max(1.0, float(np.abs(v).max()))
+
+
 def _dropped_note(dropped: int, x: str, y: str) -> str | None:
     return f"{dropped} cell(s) without {x} or {y} left out" if dropped else None
 
@@ -145,7 +150,7 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, level: floa
 
     idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
     xb, yb = x[idx], y[idx]
-    ok = (np.ptp(xb, axis=1) > 0) & (np.ptp(yb, axis=1) > 0)
+    ok = ~np.array([_constant(a) or _constant(b) for a, b in zip(xb, yb)], dtype=bool)
     xb, yb = xb[ok], yb[ok]
     if not len(xb):
         return {}, n_boot
@@ -171,9 +176,9 @@ def correlations(df: pd.DataFrame, x: str, y: str, by: str | None = "method", n_
         why = None
         if len(xs) < 3:
             why = f"n = {len(xs)} cell(s): a correlation needs at least 3"
-        elif np.ptp(xs) == 0:
+        elif _constant(xs):
             why = f"{x} takes one value ({xs[0]:g}) in this group: no correlation"
-        elif np.ptp(ys) == 0:
+        elif _constant(ys):
             why = f"{y} is constant ({ys[0]:g}) in this group: no correlation"
         if why is None:
             point = {"spearman": stats.spearmanr(xs, ys), "kendall": stats.kendalltau(xs, ys),
@@ -202,10 +207,13 @@ def slopes(df: pd.DataFrame, x: str, y: str, by: str | None = "method", level: f
     for group, rows in _groups(df, by):
         xs, ys, dropped = _xy(rows, x, y)
         row = {"group": group, "n": len(xs), "dropped": dropped, "slope": None, "low": None, "high": None,
-               "p": None, "intercept": None, "r2": None}
+               "p": None, "intercept": None, "r2": None, "constant": False}
         why = None
         if len(np.unique(xs)) < 2:
             why = f"{x} takes {len(np.unique(xs))} distinct value(s) here: no slope"
+        elif _constant(ys):  # OLS would return a slope of 1e-16 and a meaningless p
+            row |= {"slope": 0.0, "intercept": float(ys[0]), "low": 0.0, "high": 0.0, "constant": True}
+            why = f"{y} is constant ({ys[0]:g}) here: slope 0, no spread, no p-value"
         else:
             with warnings.catch_warnings():  # n = 2 (no residual df) and exact fits divide by zero
                 warnings.simplefilter("ignore")
@@ -265,7 +273,7 @@ def pairs(df: pd.DataFrame, by: str = "method", at: str | None = "data.noise_rat
         where = f"at {at}={level}" if at else ""
         index = {g: _index(r, keys, g, where) for g, r in _groups(rows, by)}
         for a, b in itertools.combinations(index, 2):
-            for k in index[a].keys() & index[b].keys():
+            for k in (k for k in index[a] if k in index[b]):  # in the table's row order
                 out.append({"at": level, "a": a, "b": b, "key": dict(zip(keys, k)),
                             "cell_a": index[a][k].get("cell"), "cell_b": index[b][k].get("cell")})
     return out

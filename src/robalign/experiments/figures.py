@@ -76,8 +76,9 @@ def line_panels(panels: list[tuple[str, list[dict]]], x_label: str, y_label: str
         ax.grid(alpha=0.3)
         if xs_all:
             ax.set_xticks(xs_all)
-        if y_range:
-            ax.set_ylim(*y_range)
+        if y_range:  # a little room so points on 0 or 1 stay visible
+            pad = 0.03 * (y_range[1] - y_range[0])
+            ax.set_ylim(y_range[0] - pad, y_range[1] + pad)
     axes[0].set_ylabel(y_label)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:

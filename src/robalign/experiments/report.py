@@ -153,16 +153,25 @@ def _ci_text(d: dict, digits: int = 3) -> str:
     return f"[{d['low']:.{digits}f}, {d['high']:.{digits}f}] (95% {how})"
 
 
+def _signed(v: float, digits: int = 3) -> str:
+    return f"{round(v, digits) + 0.0:+.{digits}f}"  # + 0.0: no "-0.000"
+
+
 def _slope_sentence(row: dict, frame: pd.DataFrame, x: str, y: str, what: str) -> str:
     xs = pd.to_numeric(frame[frame["method"].astype(str) == row["group"]][x], errors="coerce").dropna()
     if row["slope"] is None:
         return f"{row['group']}: no trend with {what} ({row['note']})."
     lo, hi = xs.min(), xs.max()
     span = hi - lo
-    ci = (f"[{row['low'] * span:+.3f}, {row['high'] * span:+.3f}], p = {row['p']:.2g}" if row["low"] is not None
-          else row["note"])
-    return (f"{row['group']}: {y} moves by {row['slope'] * span:+.3f} {ci} from {what} {lo:g} to {hi:g} "
-            f"(OLS over {_cells(row['n'])}, slope {row['slope']:+.3g} per unit).")
+    if row["constant"]:
+        return f"{row['group']}: {y} stays at {row['intercept']:.3f} from {what} {lo:g} to {hi:g} (all {row['n']} cells)."
+    if row["low"] is not None:
+        ci = f" [{_signed(row['low'] * span)}, {_signed(row['high'] * span)}]"
+        ci += f", p = {row['p']:.2g}" if row["p"] is not None else f" ({row['note']})"
+    else:
+        ci = f" (no CI: {_cells(row['n'])})"
+    return (f"{row['group']}: {y} moves by {_signed(row['slope'] * span)}{ci} from {what} {lo:g} to {hi:g} "
+            f"(OLS over {_cells(row['n'])}, slope {row['slope'] + 0.0:+.3g} per unit).")
 
 
 def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
