@@ -151,6 +151,16 @@ def test_config_errors_name_the_file_the_key_and_the_fix(tmp_path, change, messa
     assert str(tmp_path / "sweep.yaml") in str(exc.value)
 
 
+def test_sweep_configs_are_told_apart_from_train_and_world_configs():
+    from robalign.experiments.sweep import is_sweep_config
+    from robalign.shipped_configs import list_configs, resolve_config
+
+    assert is_sweep_config(BASE)
+    for shipped in list_configs():
+        if shipped.kind != "sweep":
+            assert not is_sweep_config(yaml.safe_load(resolve_config(shipped.name).read_text())), shipped.name
+
+
 def test_overrides_set_grid_lists_and_method_keys(tmp_path):
     path = write(tmp_path, BASE)
     sweep = load_sweep_config(path, ["grid.seed=[3]", "grid.data.noise_rate=[0.4]",

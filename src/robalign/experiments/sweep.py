@@ -187,6 +187,11 @@ def _as_override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"  # JSON is YAML flow syntax: strings stay strings, null stays None
 
 
+def is_sweep_config(data: object) -> bool:
+    """Whether parsed YAML is a sweep config (``robalign validate`` tells config kinds apart by keys)."""
+    return isinstance(data, dict) and any(key in data for key in ("grid", "methods", "skip", "lane"))
+
+
 def load_sweep_config(path_or_name: str | Path, overrides: list[str] | None = None) -> SweepConfig:
     """A sweep from a YAML file, or a shipped ``configs/sweep/NAME.yaml``, plus dotted overrides
     (grid lists as YAML: ``grid.seed=[0,1]``); checked, with errors naming the file and key."""
