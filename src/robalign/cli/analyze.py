@@ -77,8 +77,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def run(args) -> int:
     import json
 
+    from robalign.evaluation.specs import redact_url
     from robalign.experiments import analysis
-    from robalign.experiments.report import display_url
 
     store = open_store(args.store)
     frame = load_frame(store, args.sweep)
@@ -91,7 +91,7 @@ def run(args) -> int:
     name = by or "group"
 
     print(f"{args.y} against {args.x}{f', by {by}' if by else ''}: {len(frame)} cells "
-          f"(store {display_url(store.url)}{f', sweep {args.sweep}' if args.sweep else ''})\n")
+          f"(store {redact_url(store.url)}{f', sweep {args.sweep}' if args.sweep else ''})\n")
     print(f"correlations (95% percentile bootstrap CI over cells, {args.n_boot} resamples)")
     print(table([name, "n", "spearman [CI]", "kendall [CI]", "pearson [CI]", "note"],
                 [[r["group"], r["n"], *(_n(r[k]["value"]) + _ci(r[k]["low"], r[k]["high"])
@@ -111,7 +111,7 @@ def run(args) -> int:
     elif by:
         print(f"\n(no paired comparison: {args.x} is a metric, not a grid parameter)")
     if args.json:
-        out = {"store": display_url(store.url), "sweep": args.sweep, "x": args.x, "y": args.y, "by": by,
+        out = {"store": redact_url(store.url), "sweep": args.sweep, "x": args.x, "y": args.y, "by": by,
                "cells": len(frame), "n_boot": args.n_boot, "seed": args.seed, "level": 0.95,
                "correlations": corr, "slopes": slopes, "paired": paired}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,7 @@ class ReportData:
 def collect(store, sweep: str | None = None) -> ReportData:
     """Everything the page shows, read from ``store``. Without ``sweep`` the store must hold one."""
     from robalign.errors import UserError
+    from robalign.evaluation.specs import redact_url
 
     records = store.sweeps()
     if sweep is None:
@@ -85,20 +86,7 @@ def collect(store, sweep: str | None = None) -> ReportData:
     frame = store.frame(sweep)
     if frame.empty:
         raise UserError(f"sweep {sweep!r} has no finished cell yet (cells: {info.get('counts')})")
-    return ReportData(order_cells(frame), store.samples(sweep), sweep, info, display_url(store.url))
-
-
-def display_url(url: str) -> str:
-    """The store URL to show: user info and query redacted; a plain ``sqlite:///path`` as it is."""
-    from urllib.parse import urlsplit
-
-    from robalign.evaluation.specs import redact_url
-
-    try:
-        parts = urlsplit(str(url))
-    except ValueError:
-        return "***"
-    return redact_url(url) if "@" in parts.netloc or parts.query or "@" in str(url) else str(url)
+    return ReportData(order_cells(frame), store.samples(sweep), sweep, info, redact_url(store.url))
 
 
 # -------------------------------------------------------------------- what to plot against what
