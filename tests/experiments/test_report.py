@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from robalign.errors import UserError
-from robalign.experiments import figures, report
+from robalign.experiments import analysis, figures, report
 
 Y = "clear_bias/safety"
 EVIL = "<script>alert('pwned')</script><img src=https://evil.example/x.png onerror=alert(1)>"
@@ -61,7 +61,7 @@ def test_headline_without_the_metric_or_a_baseline_says_so():
 
 def test_axes_and_cell_labels_show_only_what_varies():
     df = hand_frame()
-    assert report.axes(df) == ("data.noise_rate", None)
+    assert analysis.sweep_axes(df) == ("data.noise_rate", None)
     labels = report.cell_labels(df)
     assert labels["d2"] == "method=dpo noise_rate=0.2 seed=0" and labels["n1"] == "method=none noise_rate=0 seed=1"
 
@@ -167,12 +167,12 @@ def test_drilldown_caps_rows_and_says_how_many(tmp_path):
 def test_attack_by_category_heatmap_when_the_metrics_hold_it():
     df = hand_frame().assign(**{"clear_bias/attack/role_playing/category/age/safety": 0.4,
                                 "clear_bias/attack/obfuscation/category/age/safety": 0.6})
-    tables = report._heat_tables(df, "data.noise_rate")
+    tables = figures.heat_tables(df, "data.noise_rate")
     assert [t[0] for t in tables] == ["heat_none", "heat_dpo", "heat_shapo"]
     name, _, values, rows, cols = tables[0]
     assert rows == ["age"] and cols == ["obfuscation", "role_playing"] and values.tolist() == [[0.6, 0.4]]
     plain = hand_frame().assign(**{"clear_bias/attack/role_playing/safety": [.1, .3, .5, .5, .5, .5, .5, .5]})
-    (t,) = report._heat_tables(plain, "data.noise_rate")
+    (t,) = figures.heat_tables(plain, "data.noise_rate")
     assert t[0] == "heat_attack" and t[3][0] == "none @ noise 0" and t[2][0, 0] == pytest.approx(0.2)
 
 

@@ -37,6 +37,9 @@ import pandas as pd
 from robalign.errors import UserError
 
 META = ("sweep", "cell", "run_dir", "finished")
+NOISE = "data.noise_rate"
+# the duration axis of each lane: pre-training steps (world), preference-training steps (smollm2)
+DURATIONS = {"pretrain.steps": "pre-training steps", "training.max_steps": "preference-training steps"}
 CI_SUFFIXES = (".low", ".high", ".n")
 ALL = "all"  # the group name when there is no grouping column
 
@@ -52,6 +55,13 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 def param_columns(df: pd.DataFrame) -> list[str]:
     """Grid parameters: every column that is neither bookkeeping nor a metric (or a metric's CI)."""
     return [c for c in df.columns if c not in META and "/" not in str(c)]
+
+
+def sweep_axes(df: pd.DataFrame) -> tuple[str | None, str | None]:
+    """(noise axis, duration axis): ``data.noise_rate`` and the first duration column, each only
+    when the table holds it with more than one value."""
+    varies = lambda c: c in df.columns and df[c].nunique(dropna=True) > 1  # noqa: E731
+    return (NOISE if varies(NOISE) else None), next((c for c in DURATIONS if varies(c)), None)
 
 
 def require_columns(df: pd.DataFrame, **named: str | None) -> None:

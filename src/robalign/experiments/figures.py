@@ -1,5 +1,10 @@
 """Matplotlib figures of a sweep report (``report.py``), each returned as PNG bytes.
 
+``make_figures`` reads a results table and draws what it supports: safety against the noise and
+duration axes (``analysis.sweep_axes``), heatmaps from the per-attack / per-category safety
+metrics, reward accuracy on clean held-out vs noisy training labels, the held-out reward margin.
+The drawing functions below it know nothing of sweeps.
+
 ``matplotlib.figure.Figure`` is used directly, never ``pyplot``: no global figure state, no
 GUI backend (a Figure draws on the Agg canvas by itself), so figures can be made from worker
 threads and in tests. PNG metadata carries no version string, so the same numbers give the
@@ -14,12 +19,19 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
+import pandas as pd
+
+from robalign.experiments import analysis
 
 # tab10 without its red and green (those mean "unsafe" / "safe" on this page)
 PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 NONE_COLOR = "#111111"  # the un-aligned model, drawn as a dashed reference
+SAFETY = "clear_bias/safety"
+CLEAN_ACC, NOISY_ACC, MARGIN = ("train/eval/rewards/accuracies", "train/noisy/rewards/accuracies",
+                                "train/eval/rewards/margins")
 
 
 def colors(groups: list[str]) -> dict[str, str]:
@@ -130,3 +142,78 @@ def accuracy_bars(labels: list[str], clean: list[float | None], noisy: list[floa
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=11)
     return _png(fig)
+
+
+# -------------------------------------------------------------------- the report's figures from a table
+
+def _groups(frame: pd.DataFrame) -> list[str]:
+    return [str(m) for m in analysis.group_order(frame["method"]) if m is not None] if "method" in frame.columns else []
+
+
+def heat_tables(frame: pd.DataFrame, noise: str | None) -> list[tuple[str, str, np.ndarray, list[str], list[str]]]:
+    """(name, title, values, rows, cols) per heatmap the metrics allow: attack x category per
+    method when ``clear_bias/attack/A/category/C/safety`` is present, else method rows against
+    attacks and against categories."""
+    pat = re.compile(r"^clear_bias/attack/(?P<a>[^/]+)/category/(?P<c>[^/]+)/safety$")
+    full = [(m.group("a"), m.group("c"), c) for c in frame.columns if (m := pat.match(c))]
+    out = []
+    if full:
+        atts, cats = sorted({a for a, _, _ in full}), sorted({c for _, c, _ in full})
+        for m in _groups(frame):
+            rows = frame[frame["method"].astype(str) == m]
+            vals = np.full((len(cats), len(atts)), np.nan)
+            for a, c, col in full:
+                vals[cats.index(c), atts.index(a)] = pd.to_numeric(rows[col], errors="coerce").mean()
+            out.append((f"heat_{m}", f"{m}: post-attack safety, attack × category", vals, cats, atts))
+        return out
+    row_of = (lambda r: f"{r['method']} @ noise {r[noise]:g}") if noise else (lambda r: str(r["method"]))
+    labels = frame.apply(row_of, axis=1) if len(frame) else pd.Series([], dtype=str)
+    order = list(dict.fromkeys(labels))
+    for kind, title in (("attack", "safety under each attack (categories pooled)"),
+                        ("category", "base-prompt safety per category")):
+        cols = [(m.group(1), c) for c in frame.columns if (m := re.match(rf"^clear_bias/{kind}/([^/]+)/safety$", c))]
+        if not cols:
+            continue
+        vals = np.array([[pd.to_numeric(frame.loc[labels == r, c], errors="coerce").mean() for _, c in cols]
+                         for r in order])
+        out.append((f"heat_{kind}", title, vals, order, [n for n, _ in cols]))
+    return out
+
+
+def make_figures(frame: pd.DataFrame, labels: dict[str, str], y: str = SAFETY) -> dict[str, tuple[str, bytes]]:
+    """name -> (caption, PNG) for every figure the table supports; ``labels``: cell -> display label."""
+    noise, duration = analysis.sweep_axes(frame)
+    groups = _groups(frame)
+    out: dict[str, tuple[str, bytes]] = {}
+    band = ("Bands: 95% t CI over the cells at a point (seeds; with two seeds t has one degree of freedom, "
+            "t = 12.7, so bands are wide); where one cell stands alone, that cell's own bootstrap CI over prompts. "
+            "Other grid keys are averaged.")
+    for name, x, other in (("safety_vs_noise", noise, duration), ("safety_vs_duration", duration, noise)):
+        if not x or y not in frame.columns:
+            continue
+        levels = sorted(frame[other].dropna().unique()) if other else [None]
+        panels = [(f"{other} = {lvl:g}" if other else "all cells",
+                   analysis.curve(frame[frame[other] == lvl] if other else frame, x, y)) for lvl in levels]
+        word = "noise rate" if x == noise else analysis.DURATIONS[x]
+        png = line_panels(panels, f"{word} ({x})", y, f"{y} vs {word}", groups)
+        dashed = "The un-aligned model (none) ignores label noise and is drawn dashed. " if x == noise else ""
+        out[name] = (f"{y} against {word}, one line per method, one panel per {other or 'sweep'}. " + dashed + band,
+                     png)
+    for name, title, vals, rows, cols in heat_tables(frame, noise):
+        out[name] = (title + " (mean over the cells in each row; grey: no data).",
+                     heatmap(vals, rows, cols, title))
+    if CLEAN_ACC in frame.columns or NOISY_ACC in frame.columns:
+        trained = frame[frame[[c for c in (CLEAN_ACC, NOISY_ACC) if c in frame.columns]].notna().any(axis=1)]
+        get = lambda c: [None if c not in trained or pd.isna(v) else float(v)  # noqa: E731
+                         for v in (trained[c] if c in trained else [None] * len(trained))]
+        out["reward_accuracy"] = (
+            "Reward accuracy per trained cell: on held-out pairs with clean labels (blue) and on the training "
+            "pairs with the labels the cell trained on, noise included (amber).",
+            accuracy_bars([labels[c] for c in trained["cell"]], get(CLEAN_ACC), get(NOISY_ACC),
+                                  "reward accuracy: clean held-out vs noisy training labels"))
+    if MARGIN in frame.columns and noise:
+        out["reward_margin"] = ("Held-out reward margin (chosen − rejected implicit reward) against noise. " + band,
+                                line_panels([("all cells", analysis.curve(frame, noise, MARGIN))],
+                                                    f"noise rate ({noise})", "reward margin", "reward margin vs noise",
+                                                    groups, y_range=None))
+    return out

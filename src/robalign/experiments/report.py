@@ -39,13 +39,10 @@ import pandas as pd
 
 from robalign.bench import charts
 from robalign.bench.report import STYLE as BENCH_STYLE
-from robalign.experiments import analysis, figures
+from robalign.experiments import analysis
+from robalign.experiments.analysis import DURATIONS, sweep_axes
+from robalign.experiments.figures import CLEAN_ACC, NOISY_ACC, SAFETY, make_figures
 
-SAFETY = "clear_bias/safety"
-NOISE = "data.noise_rate"
-DURATIONS = {"pretrain.steps": "pre-training steps", "training.max_steps": "preference-training steps"}
-CLEAN_ACC, NOISY_ACC, MARGIN = ("train/eval/rewards/accuracies", "train/noisy/rewards/accuracies",
-                                "train/eval/rewards/margins")
 KEY_METRICS = (SAFETY, "clear_bias/robustness", "clear_bias/fairness", "clear_bias/base/safety",
                "clear_bias_llm/safety", "judges/kappa", "harmful/compliance", "harmful/refusal", CLEAN_ACC, NOISY_ACC)
 # verdicts counted as a move to safety and away from it, per benchmark: CLEAR-Bias (R, D robust; S, CS a
@@ -90,12 +87,6 @@ def collect(store, sweep: str | None = None) -> ReportData:
 
 
 # -------------------------------------------------------------------- what to plot against what
-
-def axes(frame: pd.DataFrame) -> tuple[str | None, str | None]:
-    """(noise axis, duration axis): the columns present that take more than one value."""
-    varies = lambda c: c in frame.columns and frame[c].nunique(dropna=True) > 1  # noqa: E731
-    return (NOISE if varies(NOISE) else None), next((c for c in DURATIONS if varies(c)), None)
-
 
 def _groups(frame: pd.DataFrame) -> list[str]:
     return [str(m) for m in analysis.group_order(frame["method"]) if m is not None] if "method" in frame.columns else []
@@ -167,7 +158,7 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
     if y not in frame.columns:
         return [f"No cell holds the metric {y}: nothing to say about safety. Metrics present: "
                 f"{', '.join(analysis.metric_columns(frame)) or 'none'}."]
-    noise, duration = axes(frame)
+    noise, duration = sweep_axes(frame)
     methods = _groups(frame)
     out = []
     base = frame[frame["method"].astype(str) == "none"] if "method" in frame.columns else frame.iloc[:0]
@@ -204,78 +195,6 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
                 ci = f"[{r['low']:+.3f}, {r['high']:+.3f}]" if r["low"] is not None else f"({r['note']})"
                 out.append(f"{r['b']} − {r['a']} at noise {r['at']:g}: {r['mean_diff']:+.3f} {ci} over {r['n']} "
                            f"matched {_cells(r['n']).split()[1]}.")
-    return out
-
-
-# -------------------------------------------------------------------- figures
-
-def _heat_tables(frame: pd.DataFrame, noise: str | None) -> list[tuple[str, str, np.ndarray, list[str], list[str]]]:
-    """(name, title, values, rows, cols) per heatmap the metrics allow: attack x category per
-    method when ``clear_bias/attack/A/category/C/safety`` is present, else method rows against
-    attacks and against categories."""
-    pat = re.compile(r"^clear_bias/attack/(?P<a>[^/]+)/category/(?P<c>[^/]+)/safety$")
-    full = [(m.group("a"), m.group("c"), c) for c in frame.columns if (m := pat.match(c))]
-    out = []
-    if full:
-        atts, cats = sorted({a for a, _, _ in full}), sorted({c for _, c, _ in full})
-        for m in _groups(frame):
-            rows = frame[frame["method"].astype(str) == m]
-            vals = np.full((len(cats), len(atts)), np.nan)
-            for a, c, col in full:
-                vals[cats.index(c), atts.index(a)] = pd.to_numeric(rows[col], errors="coerce").mean()
-            out.append((f"heat_{m}", f"{m}: post-attack safety, attack × category", vals, cats, atts))
-        return out
-    row_of = (lambda r: f"{r['method']} @ noise {r[noise]:g}") if noise else (lambda r: str(r["method"]))
-    labels = frame.apply(row_of, axis=1) if len(frame) else pd.Series([], dtype=str)
-    order = list(dict.fromkeys(labels))
-    for kind, title in (("attack", "safety under each attack (categories pooled)"),
-                        ("category", "base-prompt safety per category")):
-        cols = [(m.group(1), c) for c in frame.columns if (m := re.match(rf"^clear_bias/{kind}/([^/]+)/safety$", c))]
-        if not cols:
-            continue
-        vals = np.array([[pd.to_numeric(frame.loc[labels == r, c], errors="coerce").mean() for _, c in cols]
-                         for r in order])
-        out.append((f"heat_{kind}", title, vals, order, [n for n, _ in cols]))
-    return out
-
-
-def make_figures(frame: pd.DataFrame, y: str = SAFETY) -> dict[str, tuple[str, bytes]]:
-    """name -> (caption, PNG) for every figure the table supports."""
-    noise, duration = axes(frame)
-    groups = _groups(frame)
-    out: dict[str, tuple[str, bytes]] = {}
-    band = ("Bands: 95% t CI over the cells at a point (seeds; with two seeds t has one degree of freedom, "
-            "t = 12.7, so bands are wide); where one cell stands alone, that cell's own bootstrap CI over prompts. "
-            "Other grid keys are averaged.")
-    for name, x, other in (("safety_vs_noise", noise, duration), ("safety_vs_duration", duration, noise)):
-        if not x or y not in frame.columns:
-            continue
-        levels = sorted(frame[other].dropna().unique()) if other else [None]
-        panels = [(f"{other} = {lvl:g}" if other else "all cells",
-                   analysis.curve(frame[frame[other] == lvl] if other else frame, x, y)) for lvl in levels]
-        word = "noise rate" if x == noise else DURATIONS[x]
-        png = figures.line_panels(panels, f"{word} ({x})", y, f"{y} vs {word}", groups)
-        dashed = "The un-aligned model (none) ignores label noise and is drawn dashed. " if x == noise else ""
-        out[name] = (f"{y} against {word}, one line per method, one panel per {other or 'sweep'}. " + dashed + band,
-                     png)
-    for name, title, vals, rows, cols in _heat_tables(frame, noise):
-        out[name] = (title + " (mean over the cells in each row; grey: no data).",
-                     figures.heatmap(vals, rows, cols, title))
-    if CLEAN_ACC in frame.columns or NOISY_ACC in frame.columns:
-        trained = frame[frame[[c for c in (CLEAN_ACC, NOISY_ACC) if c in frame.columns]].notna().any(axis=1)]
-        labels = cell_labels(frame)
-        get = lambda c: [None if c not in trained or _missing(v) else float(v)  # noqa: E731
-                         for v in (trained[c] if c in trained else [None] * len(trained))]
-        out["reward_accuracy"] = (
-            "Reward accuracy per trained cell: on held-out pairs with clean labels (blue) and on the training "
-            "pairs with the labels the cell trained on, noise included (amber).",
-            figures.accuracy_bars([labels[c] for c in trained["cell"]], get(CLEAN_ACC), get(NOISY_ACC),
-                                  "reward accuracy: clean held-out vs noisy training labels"))
-    if MARGIN in frame.columns and noise:
-        out["reward_margin"] = ("Held-out reward margin (chosen − rejected implicit reward) against noise. " + band,
-                                figures.line_panels([("all cells", analysis.curve(frame, noise, MARGIN))],
-                                                    f"noise rate ({noise})", "reward margin", "reward margin vs noise",
-                                                    groups, y_range=None))
     return out
 
 
@@ -324,7 +243,7 @@ def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
 
 
 def _analysis_section(frame: pd.DataFrame, y: str, n_boot: int) -> str:
-    noise, duration = axes(frame)
+    noise, duration = sweep_axes(frame)
     out = ["<h2 id='analysis'>Analysis tables</h2><p class='muted'>Unit: the cell. Correlation CIs: 95% percentile "
            f"bootstrap over cells ({n_boot} resamples, seed 0); slopes: OLS with t CI; paired: mean of b − a over cells "
            "matched on every other grid key (seed included), paired t CI.</p>"]
@@ -381,7 +300,7 @@ def _diff_section(frame: pd.DataFrame, samples: pd.DataFrame, labels: dict) -> s
     head = "<h2 id='diffs'>Per-sample differences between methods</h2>"
     if samples.empty or "method" not in frame.columns:
         return head + "<p>No samples in the store for this sweep.</p>"
-    noise, _ = axes(frame)
+    noise, _ = sweep_axes(frame)
     key = [c for c in ("benchmark", "prompt_id", "attack", "judge") if c in samples.columns]
     summary, blocks = [], []
     for i, p in enumerate(analysis.pairs(frame, at=noise)):
@@ -509,7 +428,7 @@ def write_report(store, out: str | Path, sweep: str | None = None, n_boot: int =
 def write(data: ReportData, out: str | Path, n_boot: int = 2000, max_samples: int = 200) -> Path:
     """Write the page and its figures for collected ``data``."""
     out = Path(out)
-    figs = make_figures(data.frame)
+    figs = make_figures(data.frame, cell_labels(data.frame))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, (_, png) in figs.items():
         (out / "figures" / f"{name}.png").write_bytes(png)
