@@ -49,6 +49,13 @@ def test_every_shipped_config_validates(capsys):
     assert f"{len(files)} valid, 0 invalid" in capsys.readouterr().out
 
 
+def test_validate_checks_a_sweep_config_and_its_cells(capsys, tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("name: s\nlane: world\nmethods: {dpo: {}}\ngrid: {method: [dpo], data.noise_rte: [0.1]}\n")
+    assert main(["validate", str(bad)]) == 1
+    assert "noise_rte" in capsys.readouterr().out
+
+
 def test_validate_takes_shipped_names_of_every_kind(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here: the names resolve to the package's copies
     assert main(["validate", "world/default", "judges/local", "dpo_tiny"]) == 0

@@ -1,7 +1,8 @@
 """robalign validate FILE.yaml ... : parse and check configs without running anything.
 
 The kind of config is told by its top-level keys: a ``judges:`` list is a judge-candidate
-file (``robalign judge select``); anything else is a training config.
+file (``robalign judge select``), ``grid`` / ``methods`` / ``lane`` a sweep, world keys a world
+config; anything else is a training config. Names of shipped configs work as well as paths.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def _validate_one(path: Path) -> None:
         from robalign.evaluation.selection import load_judge_list
 
         load_judge_list(path)
+        return
+    from robalign.experiments.sweep import is_sweep_config, load_sweep_config
+
+    if is_sweep_config(data):  # its grid expanded, and every cell's training config checked
+        load_sweep_config(path)
         return
     from robalign.world.config import is_world_config, load_world_config
 
