@@ -150,3 +150,92 @@ def test_none_and_dpo_cells_give_the_contract_metrics_and_labelled_samples(prepa
 
 def prepared_url(sweep) -> str:
     return sweep.bench.clear_bias.judges[1].removeprefix("llm:openai:judge@")
+
+
+# -- the smollm2 lane's soft labels ------------------------------------------------------------------
+
+
+def smollm2_sweep(tmp: Path, max_steps: int = 1, **grid) -> dict:
+    return {
+        "name": "smol", "lane": "smollm2", "out": str(tmp / "out"), "world": {"overrides": TINY_WORLD},
+        "train": {"config": "configs/train/soft_smollm2_world.yaml",
+                  "overrides": [f"training.max_steps={max_steps}", "training.per_device_batch_size=2",
+                                "training.gradient_accumulation_steps=1", "training.save_steps=0"]},
+        "methods": {"soft": {}},
+        "grid": {"method": ["none", "soft"], **grid},
+        "skip": ["method=none and data.noise_rate>0"],
+        "bench": {"clear_bias": {"judges": ["rule"], "max_new_tokens": 8, "attacks": ["prefix_injection:v1"]},
+                  "harmful": {"judge": "keyword", "max_new_tokens": 8}},
+    }
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_smollm2_lane_soft_labels_carry_each_noise_mode(tmp_path):
+    """prepare writes one soft-label file per noise setting (no SmolLM2 needed for that): flip
+    keeps the clean q (the trainer's swap cancels under the soft loss), soft_flip writes 1 - q on
+    exactly round(rate * n) rows, margin_gaussian moves q on as many, reward_labels comes from a
+    reward model trained on swapped pairs; the eval file is the clean model's q = σ(Δr / std(Δr))."""
+    import math
+    import statistics
+
+    from robalign.experiments.pipeline import cell_config
+    from robalign.experiments.pipeline_real import soft_label_files
+
+    sweep = load(tmp_path, smollm2_sweep(tmp_path, max_steps=10, **{
+        "data.noise_mode": ["flip", "soft_flip", "margin_gaussian", "reward_labels"], "data.noise_rate": [0.0, 0.5]}))
+    messages: list[str] = []
+    pipeline.prepare(sweep, messages.append)
+    world, root = sweep.out_dir / "world", sweep.out_dir / "soft_labels"
+    names = sorted(p.name for p in root.glob("*.jsonl"))
+    assert names == ["eval.jsonl", "train-clean.jsonl", "train-margin_gaussian-r0.5-s0-sd1.jsonl",
+                     "train-reward_labels-r0.5-s0.jsonl", "train-soft_flip-r0.5-s0.jsonl"]
+    for c in expand(sweep):  # flip, and every mode at rate 0, train on the clean file
+        config = cell_config(sweep, c)
+        if config.data.noise_mode == "flip" or config.data.noise_rate == 0:
+            assert soft_label_files(sweep, world, config).train.name == "train-clean.jsonl"
+
+    clean = rows(root / "train-clean.jsonl")
+    n = len(clean)
+    assert n == 10 * 2 < len(rows(world / "pairs" / "train.jsonl"))  # the pairs 10 steps of 2 reach
+    flipped = rows(root / "train-soft_flip-r0.5-s0.jsonl")
+    noised = [i for i, r in enumerate(flipped) if r["noised"]]
+    assert len(noised) == round(0.5 * n)
+    for i, (a, b) in enumerate(zip(clean, flipped)):
+        assert (a["id"], a["chosen"]) == (b["id"], b["chosen"])  # the pair is kept, only q moves
+        assert b["soft_label"] == pytest.approx(1 - a["soft_label"] if i in noised else a["soft_label"], abs=1e-12)
+    gauss = rows(root / "train-margin_gaussian-r0.5-s0-sd1.jsonl")
+    assert sum(r["noised"] for r in gauss) == round(0.5 * n)
+    assert all(g["soft_label"] == a["soft_label"] for g, a in zip(gauss, clean) if not g["noised"])
+    assert sum(g["soft_label"] != a["soft_label"] for g, a in zip(gauss, clean)) == round(0.5 * n)
+    info = json.loads((root / "reward" / "labels-r0.5-s0" / "robalign_reward.json").read_text())
+    assert len(info["noise"]["flipped_ids"]) == round(0.5 * len(rows(world / "pairs" / "train.jsonl")))  # all its pairs
+    assert [r["soft_label"] for r in rows(root / "train-reward_labels-r0.5-s0.jsonl")] != [a["soft_label"] for a in clean]
+
+    evaluation = rows(root / "eval.jsonl")
+    std = statistics.stdev(r["reward_margin"] for r in evaluation)
+    for r in evaluation:
+        assert r["soft_label"] == pytest.approx(1 / (1 + math.exp(-r["reward_margin"] / std)), abs=1e-9)
+
+    again: list[str] = []
+    pipeline.prepare(sweep, again.append)
+    assert again == []
+
+
+@pytest.mark.slow
+def test_smollm2_lane_cell_trains_on_soft_labels(tmp_path, smollm2):
+    """One SmolLM2 step on the soft labels, then both benchmarks: the lane's metrics."""
+    sweep = load(tmp_path, smollm2_sweep(tmp_path, **{"data.noise_mode": ["soft_flip"], "data.noise_rate": [0.5]}))
+    pipeline.prepare(sweep, lambda _: None)
+    soft = next(c for c in expand(sweep) if c.params["method"] == "soft")
+    result = pipeline.run_cell(sweep, soft, sweep.out_dir / "cells" / soft.id, lambda _: None)
+    m = result.metrics
+    assert result.provenance["train_config"]["model"]["name_or_path"] == "smollm2-135m-instruct"
+    assert result.provenance["train_config"]["data"]["train"].endswith("train-soft_flip-r0.5-s0.jsonl")
+    assert 0 <= m["soft_labels/prefer_chosen"] <= 1 and 0 <= m["reward_model/eval_accuracy"] <= 1
+    for name in ("train/eval/rewards/accuracies", "train/noisy/rewards/accuracies", "clear_bias/safety",
+                 "harmful/compliance"):
+        assert m[name]["value"] is not None, name
+    assert m["train/noisy/pairs"] == 2 and m["train/steps"] == 1

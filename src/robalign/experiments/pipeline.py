@@ -133,20 +133,27 @@ def base_model_name(sweep, cell) -> str:
     return cell_train_config(sweep, cell).model.name_or_path
 
 
-def align_config(sweep, cell, base: Path | None, world: Path, cell_dir: Path, cache_root: Path):
-    """The cell's resolved TrainConfig (module doc); the lane decides model and data."""
-    from robalign.config import validate_train_config
-
+def cell_config(sweep, cell):
+    """``sweep.cell_train_config`` with the cell's seed as training.seed and, unless the sweep names
+    data.noise_seed, as the noise seed too (a replicate draws its own noisy pairs)."""
     config = cell_train_config(sweep, cell)
-    config.output_dir = str(cell_dir / "train")
-    config.cache_dir = config.cache_dir or str(cache_root)
-    config.training.save_model = True  # the benchmarks load CELL/train/model
     seed = int(cell.params["seed"])
     config.training.seed = seed
     named = {*cell.params, *sweep.methods.get(cell.params["method"], {}), *(o.split("=", 1)[0].strip()
                                                                              for o in sweep.train.overrides)}
-    if "data.noise_seed" not in named:  # a replicate draws its own noisy pairs, unless the sweep fixes them
+    if "data.noise_seed" not in named:
         config.data.noise_seed = seed
+    return config
+
+
+def align_config(sweep, cell, base: Path | None, world: Path, cell_dir: Path, cache_root: Path):
+    """The cell's resolved TrainConfig (module doc); the lane decides model and data."""
+    from robalign.config import validate_train_config
+
+    config = cell_config(sweep, cell)
+    config.output_dir = str(cell_dir / "train")
+    config.cache_dir = config.cache_dir or str(cache_root)
+    config.training.save_model = True  # the benchmarks load CELL/train/model
     if sweep.lane == "world":
         config.model.name_or_path = str(base)
         config.data.train, config.data.eval = str(world / "pairs" / "train.jsonl"), str(world / "pairs" / "eval.jsonl")
