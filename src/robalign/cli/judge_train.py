@@ -1,14 +1,18 @@
 """robalign judge-train --world DIR --out RUN [--config configs/judge/smollm2_lora.yaml] [key=value ...]
+robalign judge-train --world DIR --out RUN --tiny [--steps N] [--size nano|micro] [--threads T]
 
   robalign judge-train --world runs/world --out runs/judge/smollm2
-  robalign judge run --judge llm:hf:runs/judge/smollm2/model#bias-compact \\
-      --data ../shared/data/clear_bias/control_set --out runs/judge/smollm2_control.csv
+  robalign judge-train --world runs/world --out runs/judge/tiny --tiny --threads 1
+  robalign judge run --judge llm:hf:runs/judge/tiny/model#bias-compact \\
+      --data ../shared/data/clear_bias/control_set --out runs/judge/tiny_control.csv
 
-Fine-tunes a small instruct model (LoRA, ``robalign train``) into a CLEAR-Bias judge on the
-world's judge examples (robalign.world.judge): RUN/data/{train,eval}.jsonl are the pairs,
-RUN/model the merged model with its tokenizer and chat template, RUN/model/robalign_judge.json
-the judge card (spec, template version, world, pairs, wall time). Dotted overrides go to the
-training config; output_dir, data.train and data.eval are set here.
+Trains an offline CLEAR-Bias judge on the world's judge examples. By default a small instruct
+model fine-tuned with LoRA (``robalign train``, robalign.world.judge): RUN/data/{train,eval}.jsonl
+are the pairs, RUN/model the merged model; dotted overrides go to the training config
+(output_dir, data.train and data.eval are set here). With --tiny, a nano Llama trained from
+scratch by soft-label pre-training (robalign.world.tiny_judge): RUN/data is the judge corpus laid
+out as a world, RUN/model the judge. Either way RUN/model/robalign_judge.json is the judge card
+(spec, template version, world, examples, wall time; --tiny adds its held-out accuracy).
 """
 
 from __future__ import annotations
@@ -16,16 +20,20 @@ from __future__ import annotations
 from pathlib import Path
 
 CONTROL_SET = Path("..") / "shared" / "data" / "clear_bias" / "control_set"  # the checkout's layout
+LORA_CONFIG = "configs/judge/smollm2_lora.yaml"
 SET_HERE = ("output_dir", "data.train", "data.eval")
+TINY_ONLY = ("steps", "size", "threads")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--world", required=True, help="a world directory (`robalign world build`)")
     p.add_argument("--out", required=True, help="run directory: data/, model/ (the judge), run_info.json")
-    p.add_argument("--config", default="configs/judge/smollm2_lora.yaml",
-                   help="training YAML (default configs/judge/smollm2_lora.yaml: SmolLM2-135M-Instruct, LoRA)")
-    p.add_argument("--examples", type=int, default=384, help="training examples, balanced over S / CS / D / R")
-    p.add_argument("--eval-examples", type=int, default=32, help="held-out-prompt examples for the trainer's eval")
+    p.add_argument("--config", default=None,
+                   help=f"training YAML (default {LORA_CONFIG}: SmolLM2-135M-Instruct, LoRA); not with --tiny")
+    p.add_argument("--examples", type=int, default=None,
+                   help="training examples, balanced over S / CS / D / R (default 384; --tiny: all of them)")
+    p.add_argument("--eval-examples", type=int, default=32,
+                   help="held-out-prompt examples for the trainer's eval (--tiny: all of judge/eval.jsonl)")
     p.add_argument("--attacked-share", type=float, default=0.125, help="share of examples on attacked prompts")
     p.add_argument("--template", default="bias-compact", help="judge template the requests are rendered with")
     p.add_argument("--seed", type=int, default=0, help="example selection and rejected verdicts")
@@ -34,7 +42,14 @@ def add_arguments(p) -> None:
                         f"(default {CONTROL_SET} when it exists; 'none' = no check)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="training overrides, e.g. training.max_steps=40 model.name_or_path=DIR")
+                   help="training overrides, e.g. training.max_steps=40 model.name_or_path=DIR (not with --tiny)")
+    tiny = p.add_argument_group("tiny judge (--tiny)")
+    tiny.add_argument("--tiny", action="store_true",
+                      help="train a nano Llama from scratch (~1.5 min on 2 cores) instead of LoRA on SmolLM2")
+    tiny.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300, batch 16)")
+    tiny.add_argument("--size", default=None, choices=["nano", "micro"], help="model size (default nano)")
+    tiny.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads (default: torch's); 1 is ~4x faster on a busy 2-core machine")
 
 
 def run(args) -> int:
@@ -46,17 +61,21 @@ def run(args) -> int:
     from robalign.training.trainer import train
     from robalign.world.judge import judge_spec, write_judge_card, write_judge_data
 
+    if args.tiny:
+        return run_tiny(args)
+    given = [name for name in TINY_ONLY if getattr(args, name) is not None]
+    if given:
+        raise UserError(f"--{given[0]} is an option of the tiny judge: add --tiny, or drop it")
     taken = [o for o in args.overrides if o.split("=", 1)[0] in SET_HERE]
     if taken:
         raise UserError(f"judge-train sets {', '.join(SET_HERE)} itself (--out, the world's pairs); drop {taken[0]}")
     out = Path(args.out)
     _clear_run_dir(out, args.overwrite)
-    control = args.control_set or (str(CONTROL_SET) if CONTROL_SET.is_dir() else None)
-    control = None if control == "none" else str(Path(control).resolve())
-    config = load_config(TrainConfig, args.config, args.overrides)
+    control = _control_set(args.control_set)
+    config = load_config(TrainConfig, args.config or LORA_CONFIG, args.overrides)
 
     start = time.perf_counter()
-    data = write_judge_data(args.world, out / "data", examples=args.examples, eval_examples=args.eval_examples,
+    data = write_judge_data(args.world, out / "data", examples=args.examples or 384, eval_examples=args.eval_examples,
                             attacked_share=args.attacked_share, template=args.template, seed=args.seed,
                             control_set=control)
     config.output_dir, config.data.train, config.training.save_model = str(out), str(data.train), True
@@ -78,6 +97,40 @@ def run(args) -> int:
                       "dropped_overlap": data.dropped_overlap, "card": str(card),
                       "eval": {k: v for k, v in result.eval_metrics.items() if "rewards/" in k}}, indent=2))
     return 0
+
+
+def run_tiny(args) -> int:
+    import json
+
+    from robalign.errors import UserError
+    from robalign.world.tiny_judge import TinyJudgeConfig, train_tiny_judge
+
+    if args.config or args.overrides:
+        raise UserError("--tiny takes no training YAML or KEY=VALUE overrides (they configure the LoRA judge); "
+                        "use --steps, --size, --threads, --seed")
+    out = Path(args.out)
+    _clear_run_dir(out, args.overwrite)
+    d = TinyJudgeConfig(world="", out="")
+    config = TinyJudgeConfig(world=args.world, out=str(out), steps=args.steps or d.steps, size=args.size or d.size,
+                             seed=args.seed, template=args.template, examples=args.examples,
+                             attacked_share=args.attacked_share, control_set=_control_set(args.control_set),
+                             threads=args.threads)
+    if config.steps < 1:
+        raise UserError(f"--steps must be at least 1 (got {config.steps})")
+    result = train_tiny_judge(config)
+    (out / "run_info.json").write_text(json.dumps({"kind": "tiny", "card": result.card}, indent=2, default=str) + "\n")
+    card = result.card
+    print(json.dumps({"judge": result.spec, "steps": card["steps"], "train_seconds": card["train_seconds"],
+                      "rows": card["counts"], "dropped_overlap": card["dropped_overlap"],
+                      "heldout_eval": card.get("heldout_eval"), "card": str(result.model / "robalign_judge.json")},
+                     indent=2))
+    return 0
+
+
+def _control_set(option: str | None) -> str | None:
+    """--control-set: a directory, 'none', or (unset) the checkout's copy when there is one."""
+    control = option or (str(CONTROL_SET) if CONTROL_SET.is_dir() else None)
+    return None if control in (None, "none") else str(Path(control).resolve())
 
 
 def _clear_run_dir(out: Path, overwrite: bool) -> None:
