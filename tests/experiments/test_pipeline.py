@@ -102,13 +102,13 @@ def test_none_and_dpo_cells_give_the_contract_metrics_and_labelled_samples(prepa
     for name in ("clear_bias/safety", "clear_bias/base/safety", "clear_bias_llm/safety", "judges/kappa",
                  "harmful/compliance", "harmful/refusal", "clear_bias/category/AGE/safety"):
         assert set(m[name]) == {"value", "low", "high", "n"}, name
-    assert m["clear_bias/base/safety"]["value"] == pytest.approx((m["clear_bias/robustness"] + m["clear_bias/fairness"]) / 2)
-    assert isinstance(m["clear_bias/unparsed"], int) and m["clear_bias_llm/unparsed"] == 0
+    assert m["clear_bias_llm/unparsed"] == 0  # the scripted judge always gives a verdict
 
     # samples: every answer under both judges, then every request
     rule = read_table(sweep.out_dir / "cells" / none.id / "clear_bias" / "responses.jsonl")
     llm = read_table(sweep.out_dir / "cells" / none.id / "clear_bias_llm" / "responses.jsonl")
     requests = read_table(world / "harmful" / "prompts.csv")
+    assert m["clear_bias/unparsed"] == (rule["verdict"] == "UNPARSED").sum()
     by_bench = {b: [s for s in base.samples if s["benchmark"] == b] for b in ("clear_bias", "harmful")}
     assert len(by_bench["clear_bias"]) == len(rule) + len(llm) and len(by_bench["harmful"]) == len(requests)
     assert {s["label"] for s in by_bench["clear_bias"]} <= {"S", "CS", "D", "R", "UNPARSED"}
@@ -146,6 +146,39 @@ def test_none_and_dpo_cells_give_the_contract_metrics_and_labelled_samples(prepa
     assert again.metrics == m
     summary = json.loads((sweep.out_dir / "cells" / dpo.id / "clear_bias" / "summary.json").read_text())
     assert summary["costs"]["actual"]["by_backend"]["model"]["cache_misses"] == 0
+
+
+def test_clear_bias_metrics_by_hand():
+    """Model-level robustness and fairness are averaged as the bench averages safety: over a
+    category's tasks with answers, then over categories. AGE: CTO (ρ .5, φ 1), SC (ρ 1, φ .5);
+    RELIGION: CTO (ρ 0, φ 0), SC without answers. ρ = mean(.75, 0) = .375, φ = mean(.75, 0) = .375."""
+    def cell(category, task, rho, phi, n):
+        return {"category": category, "task": task, "robustness": rho, "fairness": phi, "counts": {"n": n}}
+
+    summary = {
+        "rows": {"prompts": 8}, "overall_safety": 0.4, "overall_safety_ci": [0.3, 0.5], "model_score": 0.375,
+        "model_score_ci": None,
+        "attack": {"expected_safety_reduction": 0.1, "expected_safety_reduction_ci": [0.0, 0.2],
+                   "attacked_categories": ["AGE"],
+                   "per_attack": [{"attack": "prefix_injection", "effectiveness": 0.2, "effectiveness_ci": [0.1, 0.3],
+                                   "counts": {"n": 6}, "by_category": [{"safety": 0.6}, {"safety": None}]},
+                                  {"attack": "machine_translation", "effectiveness": None, "effectiveness_ci": None,
+                                   "counts": {"n": 0}, "by_category": []}]},
+        "cells": [cell("AGE", "CTO", 0.5, 1.0, 2), cell("AGE", "SC", 1.0, 0.5, 2), cell("RELIGION", "CTO", 0.0, 0.0, 2),
+                  cell("RELIGION", "SC", None, None, 0)],
+        "category_safety": [{"category": "AGE", "safety": 0.75, "safety_ci": [0.5, 1.0]},
+                            {"category": "RELIGION", "safety": 0.0, "safety_ci": None}],
+        "non_answers": {"base": {"verdict": {"UNPARSED": 2}}, "attack": {"verdict": {"UNPARSED": 1}}},
+    }
+    m = pipeline.clear_bias_metrics(summary, "clear_bias")
+    assert m["clear_bias/robustness"] == m["clear_bias/fairness"] == pytest.approx(0.375)
+    assert m["clear_bias/base/safety"] == {"value": 0.375, "low": None, "high": None, "n": 8}
+    assert m["clear_bias/safety"] == {"value": 0.4, "low": 0.3, "high": 0.5, "n": 8}
+    assert m["clear_bias/category/AGE/safety"] == {"value": 0.75, "low": 0.5, "high": 1.0, "n": 4}
+    assert m["clear_bias/category/RELIGION/safety"]["n"] == 2
+    assert m["clear_bias/attack/prefix_injection/safety"]["value"] == 0.6  # the categories with a value
+    assert "clear_bias/attack/machine_translation/effectiveness" not in m  # not run: no metric
+    assert (m["clear_bias/unparsed"], m["clear_bias/attacked_categories"]) == (3, 1)
 
 
 def prepared_url(sweep) -> str:
@@ -239,3 +272,28 @@ def test_smollm2_lane_cell_trains_on_soft_labels(tmp_path, smollm2):
                  "harmful/compliance"):
         assert m[name]["value"] is not None, name
     assert m["train/noisy/pairs"] == 2 and m["train/steps"] == 1
+
+
+@pytest.mark.slow
+def test_the_llm_judge_is_trained_once_from_the_longest_checkpoint(tmp_path, monkeypatch):
+    """`llm` in bench.clear_bias.judges: prepare fine-tunes the longest checkpoint into a judge
+    (a few examples here), cells judge with it, and kappa against the rule judge is measured."""
+    from robalign.experiments import pipeline_world
+
+    monkeypatch.setitem(pipeline_world.JUDGE_RECIPES, "world", ("judge/nano_world", 16))
+    config = tiny_sweep(tmp_path, ["rule", "llm"])
+    config["grid"] = {"method": ["none"], "pretrain.steps": [10, 20]}
+    config["skip"] = []
+    sweep = load(tmp_path, config)
+    messages: list[str] = []
+    pipeline.prepare(sweep, messages.append)
+    judge = sweep.out_dir / "judge" / "run" / "model"
+    card = json.loads((judge / "robalign_judge.json").read_text())
+    assert card["base_model"] == str(sweep.out_dir / "world" / "models" / "step_20")
+    assert card["spec"] == f"llm:hf:{judge}#bias-compact"
+    again: list[str] = []
+    pipeline.prepare(sweep, again.append)
+    assert again == []
+    none = cell(sweep, "method=none steps=10 seed=0")
+    m = pipeline.run_cell(sweep, none, sweep.out_dir / "cells" / none.id, lambda _: None).metrics
+    assert m["clear_bias_llm/safety"]["n"] == m["clear_bias/safety"]["n"] and m["judges/kappa"]["n"] > 0

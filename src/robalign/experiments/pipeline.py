@@ -5,7 +5,9 @@ The sweep engine (``robalign.experiments.sweep``) calls ``prepare`` once before 
 
 prepare    the world (``robalign world build``, ``world.overrides``) in ``world.dir`` or OUT/world;
            world lane: pre-training up to every grid ``pretrain.steps`` (pipeline_world);
-           smollm2 lane: the reward models and soft-label files every cell trains on (pipeline_real).
+           smollm2 lane: the reward models and soft-label files every cell trains on (pipeline_real);
+           when the judges include ``llm``: the sweep's own LLM judge, trained on the world's judge
+           examples into OUT/judge/run (world lane: from the longest checkpoint; smollm2: SmolLM2 LoRA).
            Idempotent: a second call finds everything and does nothing.
 run_cell   1. align (skipped for method ``none``): the sweep's base train config, the method's
               overrides and the cell's dotted grid keys (``sweep.cell_train_config``), then the
@@ -39,9 +41,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from robalign.experiments.pipeline_world import (
+    WORLD_JUDGE,
     checkpoint,
     ensure_checkpoints,
+    ensure_judge,
     ensure_world,
+    resolve_judge,
     world_dir,
     world_record,
 )
@@ -61,14 +66,21 @@ class CellResult(NamedTuple):
 
 
 def prepare(sweep, log: Callable[[str], None] = print) -> None:
-    """The stages every cell shares (module doc); does nothing when they are there."""
+    """The stages every cell shares (module doc); does nothing when they are there. Torch runs
+    with a cell's threads (pre-training with ``pretrain.threads``): torch's default of one
+    thread a core ran a nano judge step in 3.4 s on a busy 2-core machine, one thread in 0.4-1 s."""
     world = ensure_world(sweep, log)
-    if sweep.lane == "world":
-        ensure_checkpoints(sweep, world, log)
-    else:
-        from robalign.experiments.pipeline_real import ensure_soft_labels
+    base = None
+    with torch_threads(max(1, int(sweep.executor.cpus_per_cell))):
+        if sweep.lane == "world":
+            steps = ensure_checkpoints(sweep, world, log)
+            base = checkpoint(world, max(steps))[0]  # the judge starts from the longest pre-training
+        else:
+            from robalign.experiments.pipeline_real import ensure_soft_labels
 
-        ensure_soft_labels(sweep, world, expand(sweep), log)
+            ensure_soft_labels(sweep, world, expand(sweep), log)
+        if WORLD_JUDGE in sweep.bench.clear_bias.judges:
+            ensure_judge(sweep, world, base, log)
 
 
 def run_cell(sweep, cell, cell_dir: str | Path, log: Callable[[str], None] = print) -> CellResult:
@@ -282,7 +294,8 @@ def bench_clear_bias(sweep, cell, model: str, world: Path, cell_dir: Path, cache
     # default: the attacks the world wrote (and pre-training saw), not every attack the bench can generate
     attacks = cb.attacks if cb.attacks is not None else world_record(world)["attacks"]["included"]
     metrics, samples, provenance, tables = {}, [], {}, []
-    for spec, prefix in zip(cb.judges, judge_prefixes(cb.judges)):
+    judges = [resolve_judge(sweep, spec) for spec in cb.judges]
+    for spec, prefix in zip(judges, judge_prefixes(judges)):
         cfg = ClearBiasConfig(model=f"hf:{model}", judge=spec, data=str(world / "clear_bias"),
                               attacks=",".join(attacks) or None, samples=cb.samples,
                               temperature=cb.temperature, max_new_tokens=cb.max_new_tokens, seed=int(cell.params["seed"]),

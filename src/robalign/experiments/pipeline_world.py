@@ -125,3 +125,58 @@ def checkpoint(world: Path, steps: int | None) -> tuple[Path, dict]:
         raise UserError(f"{world} has no checkpoint at step {steps} (it has {sorted(have)}); run the sweep again so "
                         "that its prepare stage pre-trains it")
     return world / have[steps]["path"], have[steps]
+
+
+# ---------------------------------------------------------------------------- the world's LLM judge
+
+WORLD_JUDGE = "llm"  # the judge spec that names the sweep's own trained judge (OUT/judge/run/model)
+# lane -> (shipped training config, judge examples): a nano world checkpoint fully fine-tuned takes
+# ~1 min on 2 cores; SmolLM2 with LoRA is the issue-10 judge (384 examples x 3 epochs, ~16 min)
+JUDGE_RECIPES = {"world": ("judge/nano_world", 384), "smollm2": ("judge/smollm2_lora", 384)}
+
+
+def judge_dir(sweep) -> Path:
+    """OUT/judge: data/ (the judge pairs) and run/ (the training run; the judge is run/model)."""
+    return (sweep.out_dir / "judge").resolve()
+
+
+def resolve_judge(sweep, spec: str) -> str:
+    """``llm`` -> the spec of the sweep's trained judge; any other spec as it is."""
+    from robalign.world.judge import judge_spec
+
+    return judge_spec(judge_dir(sweep) / "run" / "model") if spec == WORLD_JUDGE else spec
+
+
+def ensure_judge(sweep, world: Path, base: Path | None, log: Callable[[str], None] = print) -> Path:
+    """Train the LLM judge on the world's judge examples (``robalign judge-train``'s recipe: the
+    bias-compact request as the prompt, the right verdict as chosen) unless it is there. World
+    lane: from ``base``, the longest pre-trained checkpoint, which already reads the world's words;
+    smollm2 lane: SmolLM2 with LoRA. The CLEAR-Bias control set plays no part."""
+    import time
+
+    from robalign.config import TrainConfig, load_config, validate_train_config
+    from robalign.shipped_configs import resolve_config
+    from robalign.training.trainer import train
+    from robalign.world.judge import CARD, write_judge_card, write_judge_data
+
+    out = judge_dir(sweep)
+    run = out / "run"
+    if (run / "model" / CARD).is_file():
+        return run / "model"
+    name, examples = JUDGE_RECIPES[sweep.lane]
+    start = time.perf_counter()
+    data = write_judge_data(world, out / "data", examples=examples, eval_examples=32, seed=0, control_set=None)
+    config = load_config(TrainConfig, resolve_config(name, "judge"))
+    config.output_dir, config.data.train, config.training.save_model = str(run), str(data.train), True
+    config.data.eval = str(data.eval) if data.counts["eval"]["pairs"] else None
+    config.cache_dir = config.cache_dir or str((sweep.out_dir / "cache").resolve())
+    if base is not None:
+        config.model.name_or_path = str(base)
+    validate_train_config(config)
+    log(f"judge {run}: training {config.model.name_or_path} on {data.counts['train']['pairs']} judge examples")
+    result = train(config, overwrite=True)  # a run killed before its card is written starts over
+    seconds = round(time.perf_counter() - start, 1)
+    write_judge_card(run / "model", data, base_model=config.model.name_or_path, steps=result.steps,
+                     train_seconds=seconds, eval_metrics=result.eval_metrics, losses=config.loss.losses)
+    log(f"judge {run / 'model'}: {result.steps} steps in {seconds:.0f} s")
+    return run / "model"
