@@ -27,6 +27,7 @@ from robalign.world.tiny_judge import (
     TinyJudgeConfig,
     judge_row,
     pretrain_config,
+    template_pieces,
     train_tiny_judge,
     write_initial_checkpoint,
     write_judge_corpus,
@@ -113,6 +114,24 @@ def test_the_corpus_row_is_token_for_token_the_judge_request(world, tmp_path):
         assert tok.decode(trained.input_ids[n_prompt:]) == f"[[{example['label']}]]" + tok.eos_token
 
 
+def test_the_templates_fixed_text_is_one_token_a_piece(world, tmp_path):
+    """bias-compact and its attacked variant have five fixed pieces between their fields; each is one
+    token of the judge's tokenizer, so a request is its fields' tokens plus the pieces."""
+    from transformers import AutoTokenizer
+
+    pieces = template_pieces("bias-compact")
+    assert len(pieces) == 5 and pieces[-1] == "\n<<<END PROMPT>>>\n<<<BEGIN REPLY>>>\n"
+    assert pieces[1] == PLAIN_REQUEST[: PLAIN_REQUEST.index(PROMPT)]  # everything before the prompt
+    write_judge_corpus(world, tmp_path / "data")
+    step0 = write_initial_checkpoint(pretrain_config(TinyJudgeConfig(world=str(world), out=str(tmp_path)),
+                                                     tmp_path / "data"), context=1024)
+    tok = AutoTokenizer.from_pretrained(step0)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    fields, request = len(ids(PROMPT)) + len(ids("YOUNG")), ids(PLAIN_REQUEST)
+    assert len(request) == fields + 3  # prefix, PROMPT-to-REPLY markers, suffix
+    assert [tok.decode([i]) for i in (request[0], request[-1])] == [pieces[1], pieces[2]]
+
+
 def _long_attacked_item(world: Path) -> JudgeItem:
     """A role_playing v3 answer: its bias-compact-attacked request is over 512 tokens."""
     base = pd.read_csv(world / "clear_bias" / "base_prompts" / "base_prompts_CTO.csv")
@@ -129,6 +148,8 @@ def test_a_short_run_gives_an_hf_judge(world, tmp_path):
     assert result.model == model and result.spec == f"llm:hf:{model}#bias-compact"
     card = json.loads((model / CARD).read_text())
     assert card["spec"] == result.spec and card["steps"] == 3 and card["context"] == 1024
+    assert card["shape"] | {"context": None} == {"hidden": 128, "layers": 2, "heads": 8, "intermediate": 384,
+                                                "vocab": 4096, "context": None}
     assert card["counts"]["train"]["rows"] == 240 and card["heldout_eval"]["examples"] == 240
     assert 0.0 <= card["heldout_eval"]["accuracy"] <= 1.0 and card["train_seconds"] > 0
     assert json.loads((model / "config.json").read_text())["max_position_embeddings"] == 1024
@@ -166,5 +187,8 @@ def test_the_cli_keeps_the_two_judges_options_apart(world, tmp_path):
         judge_train.run(_args("--world", str(world), "--out", out, "--tiny", "training.max_steps=2"))
     with pytest.raises(UserError, match="no training YAML"):
         judge_train.run(_args("--world", str(world), "--out", out, "--tiny", "--config", "x.yaml"))
-    with pytest.raises(UserError, match="--size giant"):
+    with pytest.raises(UserError, match="--size giant: choose one of nano, micro"):
         train_tiny_judge(TinyJudgeConfig(world=str(world), out=out, size="giant"))
+    with pytest.raises(UserError, match="--steps must be at least 1"):
+        judge_train.run(_args("--world", str(world), "--out", out, "--tiny", "--steps", "0"))
+    assert not Path(out).exists()  # refused before anything was written

@@ -3,8 +3,8 @@ the rule judge and with a tiny LLM judge trained here on judge-formatted example
 ``robalign judge-train --tiny``; docs/world.md, "A tiny judge trained from scratch").
 
 The SmolLM2 + LoRA judge (``robalign.world.judge``) takes ~25 min to train here and ~0.35 s a
-verdict; this one is a nano Llama (~0.8M parameters) trained in about a minute and a half on two
-busy cores and judging ~50 verdicts/s, so that a demo can judge every sweep cell with an LLM.
+verdict. This one is a ~1M-parameter Llama trained in about a minute on two busy cores that
+gives a few hundred verdicts a second, so that a demo can judge every sweep cell with an LLM.
 
 Data. Each judge example of ``DIR/judge/train.jsonl`` becomes one chat row: the user turn is the
 judge request exactly as ``LLMJudge`` renders it (``judge.judge_prompt``: ``bias-compact``, or its
@@ -12,28 +12,35 @@ attacked variant when the example's plain ``base_prompt`` differs from the promp
 assistant turn the verdict the parser reads (``[[S]]``). The rows go to a corpus folder laid out
 as a world (``OUT/data/world.json``, ``corpus/train.jsonl``, ``corpus/heldout.jsonl`` from
 ``judge/eval.jsonl``, the world's held-out prompts), so that soft-label pre-training
-(``training.pretrain``) trains on them unchanged: same tokenizer construction, same rendering as
-the hf backend at answer time, loss on the verdict tokens only, length-grouped batches. Here the
-"soft label" is one-hot: each request has one right verdict. Examples equal to a CLEAR-Bias
+(``training.pretrain``) trains on them unchanged: its rendering (the hf backend's, token for
+token), loss on the verdict tokens only, length-grouped batches, AdamW, checkpoints. The "soft
+label" is one-hot here: a request has one right verdict. Examples equal to a CLEAR-Bias
 control-set prompt or response are dropped as for the LoRA judge; the control set is never
 trained on.
 
-Context. A request on a role_playing v3 prompt (the long persona preamble, shown beside its plain
-original) is up to ~610 tokens with the corpus tokenizer; the tiny models' context is 512. The
-request is not shortened (it is what ``bias-compact`` sends, and a judge that saw a cut request
-would be judging text it was never shown); the judge's context is raised to 1,024 instead. The
-Llama weights do not depend on the context (rotary positions), so only the config changes, and
-``training.pretrain`` reads the context from the model it continues. ``pretrain`` builds its
-model at the size's 512 tokens, so the run starts from a step-0 checkpoint written here: the same
-tokenizer (``corpus_tokenizer``) and the same seeded initialisation pretrain would make, saved by
-``save_pretrain_checkpoint`` with a fresh AdamW state, then ``pretrain(..., resume=True)``.
+Tokens and context. The template's fixed text (its instructions and markers, e.g. the 58 tokens
+before the prompt) is the same in every request and tells the judge nothing, so each fixed piece
+is one added token of the judge's tokenizer (``template_pieces``). The request text is unchanged;
+it is only cut into fewer tokens: a plain request falls from ~150 to ~70 tokens, which halves the
+time an epoch takes and the number of positions the verdict reads from (without the pieces, 2 of
+19 pre-training-nano runs of at most ~100 s reached 0.85 held-out accuracy). The pieces cannot
+occur inside a prompt or reply: ``templates.render`` neutralises the markers and double brackets
+every piece holds. A judge trained this way must be used with the template version on its card:
+another wording falls back to ordinary tokens it has never seen. With the pieces, the longest request of a default world (role_playing v3, whose
+persona preamble is shown beside the plain original) is ~470 tokens, which leaves too little of
+a 512 context for the judged model's own answers (a world model's run to 64 tokens), so the
+judge's context is 1,024: rotary positions have no weights, only the config changes.
+``training.pretrain`` builds models at the pre-training sizes and with its own tokenizer, so the
+run starts from a step-0 checkpoint written here: the tokenizer above, a seeded
+``JUDGE_SIZES`` model, a fresh AdamW state (``write_initial_checkpoint``), then
+``pretrain(..., resume=True)``.
 
-Recipe (measured on a default world, nano, 1 thread on two busy cores): 300 steps of 16 rows
-(~2.5 epochs of 1,920 examples, ~1.2M tokens), peak LR 4e-3 with a cosine decay to 10 %. The
-verdicts on plain refusals and debiased replies are learnt within ~100 steps; telling S from CS
-(which option the reply picks, and whether that option is the frame's stereotype) takes the rest,
-and varies with the seed: see docs/world.md for the numbers. After training the judge answers the
-held-out examples through ``LLMJudge`` and the accuracy goes into its card.
+Recipe (default world, 1 thread on two busy cores; docs/world.md has the table): 800 steps of
+16 rows (~6.7 epochs of 1,920 examples, ~1.3M tokens) at peak LR 2e-3 with a cosine decay to
+10 %, on a 128-wide 2-layer model with 8 heads: ~70 s of training. Refusals and debiased replies
+are learnt first; telling S from CS (which option the reply picks, and whether it is the frame's
+stereotype) comes later and is what the shape and LR were chosen for. After training the judge
+answers the held-out examples through ``LLMJudge`` and the accuracy goes into its card.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from robalign.errors import UserError
+from robalign.models.tiny import SIZES, TinySize
 from robalign.world.export import write_jsonl
 from robalign.world.judge import (
     DEFAULT_TEMPLATE,
@@ -70,18 +78,30 @@ STEP0 = "models/step_0"
 _FIELD = re.compile(r"\{(prompt|response|base_prompt)\}")  # the fields templates.render fills  # the initial checkpoint the run continues from (module doc, Context)
 
 
+# The judge's shapes (``models.tiny.TinySize``; the context is set by ``TinyJudgeConfig.context``).
+# Its nano is wider than pre-training's (128 against 96), with 8 heads and 2 layers: telling S from
+# CS needs attention that reads the reply and not the prompt's copy of the same option words. On a
+# default world, seeds whose held-out accuracy reached 0.88 (the rest stay near 0.75, S / CS
+# unlearnt): pre-training's nano (96 wide, 4 layers, 4 heads) 1 of 3 at 800 steps and 3e-3;
+# 96 / 4 / 8 heads 1 of 3 and 128 / 4 / 8 3 of 3 (~100 s) at 600 steps and 3e-3; 128 / 2 / 8
+# 3 of 5 at 600 and 3e-3, 5 of 5 at 800 and 2e-3 (~70 s); 192 / 2 / 8 1 of 3 (docs/world.md).
+JUDGE_SIZES = {"nano": TinySize(hidden=128, layers=2, heads=8, intermediate=384), "micro": SIZES["micro"]}
+JUDGE_LR = {"nano": 2e-3, "micro": 1e-3}  # micro: pre-training's default, not tuned for the judge
+
+
 @dataclass(frozen=True)
 class TinyJudgeConfig:
     world: str  # a world directory (``robalign world build``); its judge/{train,eval}.jsonl are read
     out: str  # run directory: data/ (the judge corpus, pretrain's logs), model/ (the judge)
-    steps: int = 300  # optimizer steps (~2.5 epochs of a default world's 1,920 examples at batch 16)
-    size: str = "nano"  # models.tiny.SIZES; micro is ~8x slower here
+    steps: int = 800  # optimizer steps (~6.7 epochs of a default world's 1,920 examples at batch 16)
+    size: str = "nano"  # JUDGE_SIZES: nano ~0.95M parameters, micro ~9M (~10x slower here)
     batch_size: int = 16  # rows per step: at 32 the same tokens give half the updates, and S / CS came later
-    # peak LR; 4e-3 learnt S / CS by step 300 where 3e-3 had not, 1e-2 diverged into one label
-    lr: float = 4e-3
-    schedule: str = "cosine"  # decay to 10 % at ``steps``: sharper verdicts at the end than constant
+    # peak LR; None = JUDGE_LR[size]. At 3e-3 and above S / CS came on some seeds and not others
+    # (at 4e-3-6e-3 some runs sat on the label prior for hundreds of steps)
+    lr: float | None = None
+    schedule: str = "cosine"  # decay to 10 % at ``steps``
     warmup_steps: int = 20
-    context: int = 1024  # tokens; the longest default-world request is ~610, the tiny sizes' 512 is short of it
+    context: int = 1024  # tokens; the longest default-world request is ~530 (module doc, Context)
     seed: int = 0  # weights, data order
     template: str = DEFAULT_TEMPLATE  # the requests are rendered with it; the judge must be used with it
     examples: int | None = None  # None = every training example; N = a balanced seeded selection
@@ -147,14 +167,17 @@ def write_judge_corpus(world: str | Path, data_dir: str | Path, *, template: str
 
 
 def pretrain_config(c: TinyJudgeConfig, data_dir: Path):
-    """The ``PretrainConfig`` of the run: one checkpoint, at the last step."""
-    from robalign.training.pretrain import DEFAULT_LR, PretrainConfig
+    """The ``PretrainConfig`` of the run: one checkpoint, at the last step. Its ``size`` only
+    names the run (and sets no default: ``lr`` is given); the shape is the step-0 model's."""
+    from robalign.training.pretrain import PretrainConfig
 
-    if c.size not in DEFAULT_LR:
-        raise UserError(f"--size {c.size}: choose one of {', '.join(DEFAULT_LR)}")
+    if c.size not in JUDGE_SIZES:
+        raise UserError(f"--size {c.size}: choose one of {', '.join(JUDGE_SIZES)}")
+    if c.steps < 1 or c.context < 64:
+        raise UserError(f"--steps must be at least 1 and the context at least 64 tokens (got {c.steps}, {c.context})")
     return PretrainConfig(world=str(data_dir), steps=c.steps, save_every=c.steps, size=c.size, seed=c.seed,
-                          batch_size=c.batch_size, lr=c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule,
-                          heldout_rows=256, threads=c.threads, device=c.device)
+                          batch_size=c.batch_size, lr=c.lr or JUDGE_LR[c.size], warmup_steps=c.warmup_steps,
+                          schedule=c.schedule, heldout_rows=256, threads=c.threads, device=c.device)
 
 
 def template_pieces(name: str = DEFAULT_TEMPLATE) -> list[str]:
@@ -168,24 +191,26 @@ def template_pieces(name: str = DEFAULT_TEMPLATE) -> list[str]:
 
 
 def write_initial_checkpoint(p, context: int, template: str = DEFAULT_TEMPLATE) -> Path:
-    """``p.world``/models/step_0: the tokenizer and the seeded initial model ``pretrain`` would
-    build, with a ``context``-token config, and an AdamW state with no moments yet; plus
-    models/pretrain.json, which a resumed run checks its settings against (module doc, Context)."""
+    """``p.world``/models/step_0: pretrain's tokenizer (``corpus_tokenizer``) plus the template's
+    fixed pieces as single tokens, a seeded ``JUDGE_SIZES[p.size]`` Llama with a ``context``-token
+    config, and an AdamW state with no moments yet; plus models/pretrain.json, which a resumed run
+    checks its settings against (module doc, "Tokens and context")."""
     import torch
     from tokenizers import AddedToken
     from transformers import AutoModelForCausalLM
 
-    from robalign.models.tiny import SIZES, model_config
+    from robalign.models.tiny import model_config
     from robalign.provenance import run_record, write_json_atomic
     from robalign.training.pretrain import corpus_tokenizer, load_corpus, save_pretrain_checkpoint
 
     world = Path(p.world)
     rows = load_corpus(world / "corpus" / "train.jsonl")
-    tokenizer = corpus_tokenizer(rows, SIZES[p.size].vocab)
+    tokenizer = corpus_tokenizer(rows, JUDGE_SIZES[p.size].vocab)
     tokenizer.add_tokens([AddedToken(text, normalized=False) for text in template_pieces(template)])
     tokenizer.model_max_length = context
     torch.manual_seed(p.seed)
-    model = AutoModelForCausalLM.from_config(model_config("llama", replace(SIZES[p.size], context=context), tokenizer))
+    shape = replace(JUDGE_SIZES[p.size], context=context)
+    model = AutoModelForCausalLM.from_config(model_config("llama", shape, tokenizer))
     # the parameter groups of pretrain's AdamW (matrices decayed, norm gains not): a resumed run
     # loads this state into its own optimizer, which needs the same groups
     optimizer = torch.optim.AdamW([{"params": [x for x in model.parameters() if x.dim() >= 2],
@@ -194,7 +219,7 @@ def write_initial_checkpoint(p, context: int, template: str = DEFAULT_TEMPLATE) 
                                   lr=p.lr, betas=(0.9, 0.95))
     shutil.rmtree(world / "models", ignore_errors=True)
     write_json_atomic(world / "models" / "pretrain.json", run_record(
-        config=asdict(p), corpus_rows=len(rows), context=context, vocab=len(tokenizer),
+        config=asdict(p), shape=asdict(shape), corpus_rows=len(rows), vocab=len(tokenizer),
         parameters=sum(x.numel() for x in model.parameters())))
     info = {"steps": 0, "path": STEP0, "tokens": 0, "loss": None, "cooldown": 0, "seconds": 0.0,
             "heldout_loss": None}
@@ -244,7 +269,8 @@ def train_tiny_judge(c: TinyJudgeConfig) -> TinyJudgeResult:
     meta_path.write_text(json.dumps(meta | {"checkpoints": [], "model": "../model"}, indent=2) + "\n")
 
     checkpoint = result.checkpoints[-1]
-    facts = {"base_model": f"tiny:{c.size} (from scratch)", "tiny": asdict(c), "steps": result.steps,
+    facts = {"base_model": f"tiny:{c.size} (from scratch)", "tiny": asdict(c) | {"lr": p.lr},
+             "shape": asdict(replace(JUDGE_SIZES[c.size], context=c.context)), "steps": result.steps,
              "context": c.context, "tokens": checkpoint["tokens"], "train_loss": checkpoint["loss"],
              "heldout_loss": checkpoint["heldout_loss"], "train_seconds": round(train_seconds, 1)}
     if c.evaluate and data.counts["eval"]["rows"]:
