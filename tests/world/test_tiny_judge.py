@@ -177,8 +177,19 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_the_cli_keeps_the_two_judges_options_apart(world, tmp_path):
+def test_the_cli_trains_a_tiny_judge_and_keeps_the_two_judges_options_apart(world, tmp_path, capsys):
     from robalign.cli import judge_train
+
+    run = str(tmp_path / "run")
+    tiny = ("--world", str(world), "--out", run, "--tiny", "--steps", "2", "--threads", "1", "--control-set", "none")
+    assert judge_train.run(_args(*tiny)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["judge"] == f"llm:hf:{tmp_path / 'run' / 'model'}#bias-compact" and printed["steps"] == 2
+    assert printed["dropped_overlap"] == {"train": 0, "eval": 0} and printed["heldout_eval"]["examples"] == 240
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["kind"] == "tiny-judge" and info["config"]["steps"] == 2 and info["git"]
+    with pytest.raises(UserError, match="--overwrite"):
+        judge_train.run(_args(*tiny))
 
     out = str(tmp_path / "j")
     with pytest.raises(UserError, match="--steps is an option of the tiny judge"):

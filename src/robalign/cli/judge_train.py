@@ -11,8 +11,9 @@ model fine-tuned with LoRA (``robalign train``, robalign.world.judge): RUN/data/
 are the pairs, RUN/model the merged model; dotted overrides go to the training config
 (output_dir, data.train and data.eval are set here). With --tiny, a nano Llama trained from
 scratch by soft-label pre-training (robalign.world.tiny_judge): RUN/data is the judge corpus laid
-out as a world (with pretrain's logs), RUN/model the judge. Either way RUN/model/robalign_judge.json is the judge card
-(spec, template version, world, examples, wall time; --tiny adds its held-out accuracy).
+out as a world (with pretrain's logs), RUN/model the judge. Either way RUN/model/robalign_judge.json
+is the judge card (spec, template version, world, examples, wall time; --tiny adds its held-out
+accuracy) and RUN/run_info.json the run's record.
 """
 
 from __future__ import annotations
@@ -118,7 +119,6 @@ def run_tiny(args) -> int:
                              attacked_share=args.attacked_share, control_set=_control_set(args.control_set),
                              threads=args.threads)
     result = train_tiny_judge(config)
-    (out / "run_info.json").write_text(json.dumps({"kind": "tiny", "card": result.card}, indent=2, default=str) + "\n")
     card = result.card
     print(json.dumps({"judge": result.spec, "steps": card["steps"], "train_seconds": card["train_seconds"],
                       "rows": card["counts"], "dropped_overlap": card["dropped_overlap"],

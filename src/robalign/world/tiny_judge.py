@@ -53,7 +53,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from robalign.errors import UserError
 from robalign.models.tiny import SIZES, TinySize
@@ -74,8 +74,8 @@ from robalign.world.judge import (
     world_info,
 )
 
-STEP0 = "models/step_0"
-_FIELD = re.compile(r"\{(prompt|response|base_prompt)\}")  # the fields templates.render fills  # the initial checkpoint the run continues from (module doc, Context)
+STEP0 = "models/step_0"  # the initial checkpoint the run continues from (module doc, "Tokens and context")
+_FIELD = re.compile(r"\{(prompt|response|base_prompt)\}")  # the fields templates.render fills
 
 
 # The judge's shapes (``models.tiny.TinySize``; the context is set by ``TinyJudgeConfig.context``).
@@ -101,7 +101,7 @@ class TinyJudgeConfig:
     lr: float | None = None
     schedule: str = "cosine"  # decay to 10 % at ``steps``
     warmup_steps: int = 20
-    context: int = 1024  # tokens; the longest default-world request is ~530 (module doc, Context)
+    context: int = 1024  # tokens: the longest default-world request is ~470, the judged reply comes on top
     seed: int = 0  # weights, data order
     template: str = DEFAULT_TEMPLATE  # the requests are rendered with it; the judge must be used with it
     examples: int | None = None  # None = every training example; N = a balanced seeded selection
@@ -112,11 +112,12 @@ class TinyJudgeConfig:
     evaluate: bool = True  # judge the held-out examples after training (accuracy in the card)
 
 
-class TinyJudgeResult:
-    """What ``train_tiny_judge`` made: the model directory, its spec and card."""
+class TinyJudgeResult(NamedTuple):
+    """What ``train_tiny_judge`` made."""
 
-    def __init__(self, model: Path, spec: str, card: dict[str, Any]):
-        self.model, self.spec, self.card = model, spec, card
+    model: Path  # the judge's save_pretrained directory, ``out``/model
+    spec: str  # llm:hf:<model>#<template>
+    card: dict[str, Any]  # robalign_judge.json
 
 
 def judge_row(example: Row, template) -> Row:
@@ -246,7 +247,9 @@ def evaluate_judge(model_dir: str | Path, examples: list[Row], template: str = D
 
 
 def train_tiny_judge(c: TinyJudgeConfig) -> TinyJudgeResult:
-    """Write the judge corpus, train the tiny judge, move it to ``out``/model, write its card."""
+    """Write the judge corpus, train the tiny judge, move it to ``out``/model, write its card and
+    ``out``/run_info.json (the config and provenance)."""
+    from robalign.provenance import run_record, write_json_atomic
     from robalign.training.pretrain import OPTIMIZER_FILE, TRUNK_FILE, pretrain
     from robalign.world.judge import write_judge_card
 
@@ -278,4 +281,6 @@ def train_tiny_judge(c: TinyJudgeConfig) -> TinyJudgeResult:
         held = [e for e in read_examples(c.world, "eval") if str(e["id"]) in kept]
         facts["heldout_eval"] = evaluate_judge(model, held, c.template, c.threads, c.device)
     card_path = write_judge_card(model, data, **facts)
+    write_json_atomic(out / "run_info.json", run_record(kind="tiny-judge", config=asdict(c), judge=judge_spec(
+        model, c.template), train_seconds=facts["train_seconds"], heldout_eval=facts.get("heldout_eval")))
     return TinyJudgeResult(model, judge_spec(model, c.template.split("@")[0]), json.loads(card_path.read_text()))
