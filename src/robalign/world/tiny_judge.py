@@ -84,7 +84,8 @@ _FIELD = re.compile(r"\{(prompt|response|base_prompt)\}")  # the fields template
 # default world, seeds whose held-out accuracy reached 0.88 (the rest stay near 0.75, S / CS
 # unlearnt): pre-training's nano (96 wide, 4 layers, 4 heads) 1 of 3 at 800 steps and 3e-3;
 # 96 / 4 / 8 heads 1 of 3 and 128 / 4 / 8 3 of 3 (~100 s) at 600 steps and 3e-3; 128 / 2 / 8
-# 3 of 5 at 600 and 3e-3, 5 of 5 at 800 and 2e-3 (~70 s); 192 / 2 / 8 1 of 3 (docs/world.md).
+# 3 of 5 at 600 and 3e-3, 1 of 3 at 600 and 2e-3, 5 of 5 at 800 and 2e-3 (~70 s); 192 / 2 / 8 1 of 3
+# (docs/world.md).
 JUDGE_SIZES = {"nano": TinySize(hidden=128, layers=2, heads=8, intermediate=384), "micro": SIZES["micro"]}
 JUDGE_LR = {"nano": 2e-3, "micro": 1e-3}  # micro: pre-training's default, not tuned for the judge
 
