@@ -1,39 +1,55 @@
-"""robalign demo: the main job on the embedded default, offline, minutes on a laptop CPU.
+"""robalign demo: the research loop end to end on the embedded default, offline, on a laptop CPU.
 
-Builds the offline tokenizer and a nano Llama-style model, then DPO-aligns it on the
-synthetic preference world with 10 % label noise, and reports held-out reward accuracy.
+    robalign demo                 # configs/sweep/demo.yaml: the synthetic world, tiny models (minutes)
+    robalign demo --quick         # configs/sweep/demo_quick.yaml: a smaller world and grid (what tests run)
+    robalign demo --real          # configs/sweep/smollm2_noise.yaml: SmolLM2-135M-Instruct (much longer)
+    robalign demo --out DIR grid.seed=[0,1]      # dotted overrides of the sweep config
+
+One sweep (docs/experiments.md): build the world, pre-train a tiny model on its soft-label corpus
+at two durations, align each checkpoint with DPO and ShaPO at several label-noise rates (plus the
+un-aligned checkpoint), benchmark every cell with the CLEAR-Bias protocol and the harmful-prompt
+benchmark on the world's prompts, judge with the sweep's judges, store every result in
+DIR/results.sqlite, and write the report (DIR/report/index.html). Re-running resumes: finished
+cells are kept. The headline sentences of the report are printed at the end.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+CONFIGS = {"default": "demo", "quick": "demo_quick", "real": "smollm2_noise"}
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--out", default="runs/demo", help="directory for the demo's model and run")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the training config")
+    p.add_argument("--out", default=None, help="directory of the demo's sweep (default: runs/demo, runs/demo-quick, "
+                                               "runs/demo-real)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smaller world and grid (about 3 minutes)")
+    size.add_argument("--real", action="store_true", help="the SmolLM2-135M-Instruct lane (slow on a CPU)")
+    p.add_argument("--executor", choices=("local", "ray"), default=None, help="run cells here or as Ray tasks")
+    p.add_argument("--restart", action="store_true", help="run every cell again")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the sweep config")
 
 
 def run(args) -> int:
-    import json
+    import time
 
-    from robalign.config import TrainConfig, load_config, validate_train_config
-    from robalign.models.tiny import build_tiny_model
-    from robalign.training.trainer import train
+    from robalign.experiments.report import collect, headline, write
+    from robalign.experiments.store import Store
+    from robalign.experiments.sweep import default_store_url, load_sweep_config, run_sweep
 
-    out = Path(args.out)
-    base = out / "base-model"
-    if not (base / "config.json").is_file():
-        print(f"[1/2] building the offline tokenizer and a nano Llama-style model in {base}")
-        build_tiny_model(base, size="nano", arch="llama")
-    defaults = [f"output_dir={out / 'dpo'}", f"model.name_or_path={base}", "data.train=synthetic:600",
-                "data.noise_rate=0.1", "training.max_steps=60", "training.learning_rate=5e-4",
-                "training.per_device_batch_size=8", "training.warmup_steps=5", "training.save_steps=20"]
-    config = load_config(TrainConfig, None, defaults + list(args.overrides))
-    validate_train_config(config)
-    print(f"[2/2] DPO on synthetic pairs with {config.data.noise_rate:.0%} label noise -> {config.output_dir}")
-    result = train(config, overwrite=True)
-    acc = result.eval_metrics.get("eval/rewards/accuracies", float("nan"))
-    print(json.dumps({"output_dir": str(result.output_dir), **result.eval_metrics}, indent=2))
-    print(f"held-out reward accuracy {acc:.1%} (chance 50 %); model in {result.output_dir / 'model'}")
+    start = time.perf_counter()
+    kind = "quick" if args.quick else "real" if args.real else "default"
+    out = args.out or {"default": "runs/demo", "quick": "runs/demo-quick", "real": "runs/demo-real"}[kind]
+    sweep = load_sweep_config(CONFIGS[kind], [f"out={out}", *args.overrides])
+    print(f"robalign demo: sweep {sweep.name} ({CONFIGS[kind]}) into {sweep.out_dir}")
+    summary = run_sweep(sweep, executor=args.executor, restart=args.restart)
+    if summary["failed"]:
+        for cell, label in summary["failed"].items():
+            print(f"  failed {cell}  {label}  ({sweep.out_dir / 'cells' / cell / 'error.txt'})")
+        print("run the same command again to retry the failed cells (finished ones are kept)")
+        return 1
+    data = collect(Store(default_store_url(sweep)), sweep.name)
+    page = write(data, sweep.out_dir / "report")
+    print("\n".join(["", "Headline:", *(f"  - {line}" for line in headline(data.frame))]))
+    print(f"\nreport: {page}\nresults: {summary['store']}\n"
+          f"demo finished in {time.perf_counter() - start:.0f} s ({len(data.frame)} cells)")
     return 0
