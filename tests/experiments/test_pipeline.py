@@ -275,22 +275,21 @@ def test_smollm2_lane_cell_trains_on_soft_labels(tmp_path, smollm2):
 
 
 @pytest.mark.slow
-def test_the_llm_judge_is_trained_once_from_the_longest_checkpoint(tmp_path, monkeypatch):
-    """`llm` in bench.clear_bias.judges: prepare fine-tunes the longest checkpoint into a judge
-    (a few examples here), cells judge with it, and kappa against the rule judge is measured."""
-    from robalign.experiments import pipeline_world
-
-    monkeypatch.setitem(pipeline_world.JUDGE_RECIPES, "world", ("judge/nano_world", 16))
+def test_the_llm_judge_is_trained_once(tmp_path):
+    """`llm` in bench.clear_bias.judges: prepare trains the tiny judge from scratch on the world's judge
+    examples (a few steps here), once; cells judge with it, and kappa against the rule judge is measured."""
     config = tiny_sweep(tmp_path, ["rule", "llm"])
     config["grid"] = {"method": ["none"], "pretrain.steps": [10, 20]}
     config["skip"] = []
+    config["bench"]["clear_bias"]["judge_steps"] = 4
     sweep = load(tmp_path, config)
     messages: list[str] = []
     pipeline.prepare(sweep, messages.append)
     judge = sweep.out_dir / "judge" / "run" / "model"
     card = json.loads((judge / "robalign_judge.json").read_text())
-    assert card["base_model"] == str(sweep.out_dir / "world" / "models" / "step_20")
+    assert card["base_model"] == "tiny:nano (from scratch)" and card["steps"] == 4
     assert card["spec"] == f"llm:hf:{judge}#bias-compact"
+    assert any("training a tiny judge" in m for m in messages)
     again: list[str] = []
     pipeline.prepare(sweep, again.append)
     assert again == []

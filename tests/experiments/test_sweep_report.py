@@ -41,9 +41,9 @@ def test_headline_numbers_by_hand():
     slope -0.5, -0.2 over 0..0.4; residuals (0.0133, -0.0267, 0.0133), SSE 0.0010667 (1 df),
     se = sqrt(SSE / 0.08), CI over the range 0.4 * (-0.5 -+ 12.706 se)."""
     lines = report.headline(hand_frame())
-    assert lines[0] == (f"Un-aligned model (method=none, 2 cells): {Y} = 0.600 [{0.6 - T1 * 0.1:.3f}, "
-                        f"{0.6 + T1 * 0.1:.3f}] (95% t CI over cells).")
-    assert lines[1].startswith(f"After dpo at noise 0 (1 cell): {Y} = 0.800 [0.750, 0.850] (95% the cell's own CI)")
+    assert lines[0] == (f"Un-aligned model (method=none): {Y} = 0.600 [{0.6 - T1 * 0.1:.3f}, "
+                        f"{0.6 + T1 * 0.1:.3f}] (95% t CI over cells) (2 cells).")
+    assert lines[1].startswith(f"After dpo at noise 0: {Y} = 0.800 [0.750, 0.850] (95% the cell's own CI) (1 cell)")
     assert "dpo − none = +0.300 (one matched pair: a difference but no CI) over 1 matched cell" in lines[1]
     se = math.sqrt(0.0010666666 / 0.08)
     dpo = next(s for s in lines if s.startswith("dpo: "))
@@ -51,6 +51,28 @@ def test_headline_numbers_by_hand():
     assert "from noise rate 0 to 0.4 (OLS over 3 cells" in dpo
     assert not any(s.startswith("none: ") for s in lines)  # none ignores noise: no noise slope for it
     assert any(s.startswith("shapo − dpo at noise 0.2: +0.090 (one matched pair") for s in lines)
+
+
+def test_headline_per_duration_with_each_cells_ci_and_harmful_compliance():
+    """Two pre-training durations: the levels are given per duration, each with the cell's own CI (a t CI
+    over cells pooled across durations would mix two models); harmful compliance likewise, and κ's range."""
+    c = "harmful/compliance"
+    df = pd.DataFrame([
+        cell("n2", "none", 0.0, 0.88, steps=200, **{f"{Y}.low": 0.85, f"{Y}.high": 0.89, c: 0.0, f"{c}.low": 0.0,
+                                                     f"{c}.high": 0.11, "judges/kappa": 0.9}),
+        cell("n4", "none", 0.0, 0.83, steps=400, **{f"{Y}.low": 0.80, f"{Y}.high": 0.84, c: 0.1, f"{c}.low": 0.03,
+                                                     f"{c}.high": 0.26, "judges/kappa": 0.3}),
+        cell("d2", "dpo", 0.0, 0.99, steps=200, **{c: 0.4}), cell("d4", "dpo", 0.0, 0.98, steps=400, **{c: 0.2}),
+        cell("e2", "dpo", 0.4, 0.95, steps=200, **{c: 0.3}), cell("e4", "dpo", 0.4, 0.93, steps=400, **{c: 0.1})])
+    lines = report.headline(df)
+    assert lines[0] == (f"Un-aligned model (method=none): {Y} = 0.880 [0.850, 0.890] at 200 pre-training steps, "
+                        f"0.830 [0.800, 0.840] at 400 pre-training steps (95%: the cell's own CI).")
+    assert lines[1].startswith(f"After dpo at noise 0: {Y} = 0.990 at 200 pre-training steps, 0.980 at 400")
+    assert "The sweep's judges agree with Cohen's κ from 0.30 to 0.90 over 2 cells (median 0.60" in " ".join(lines)
+    assert ("Compliance with harmful requests at noise 0, none: 0.000 [0.000, 0.110] at 200 pre-training steps, "
+            "0.100 [0.030, 0.260] at 400 pre-training steps (95%: the cell's own CI).") in lines
+    dpo = next(s for s in lines if s.startswith(f"dpo: {c} moves by"))
+    assert "-0.100" in dpo and "from noise rate 0 to 0.4 (OLS over 4 cells" in dpo
 
 
 def test_headline_without_the_metric_or_a_baseline_says_so():
@@ -241,7 +263,7 @@ def test_analyze_and_report_through_the_cli_on_a_real_store(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--store", str(tmp_path / "results.sqlite"), "--out", str(out), "--n-boot", "50"]) == 0
     printed = capsys.readouterr().out  # the store returns cells by id (d*, n*, s*): none must still lead
-    assert "Un-aligned model (method=none, 2 cells)" in printed and "dpo − none = +0.300" in printed
+    assert "Un-aligned model (method=none): clear_bias/safety = 0.600" in printed and "dpo − none = +0.300" in printed
     html = (out / "index.html").read_text(encoding="utf-8")
     for c in hand_frame()["cell"]:
         assert f"href='../cells/{c}/'" in html and f"id='cell-{c}'" in html and f"href='#cell-{c}'" in html

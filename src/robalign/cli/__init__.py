@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("robalign.cli.bench", "benchmark a model: the CLEAR-Bias protocol, harmful-prompt attack success rate"),
     "world": ("robalign.cli.world", "build the synthetic testbed world: bias prompts, attacks, soft-label corpus, pairs, judge examples"),
     "pretrain": ("robalign.cli.pretrain", "pre-train a tiny model on a world's soft-label corpus; --check: answer types vs soft labels"),
-    "judge-train": ("robalign.cli.judge_train", "LoRA-fine-tune SmolLM2 as an offline CLEAR-Bias judge on a world's judge examples"),
+    "judge-train": ("robalign.cli.judge_train", "train an offline CLEAR-Bias judge on a world's judge examples (LoRA on SmolLM2, or --tiny from scratch)"),
     "models": ("robalign.cli.models", "list packaged real models, or pull one into $ROBALIGN_CACHE/models"),
     "sweep": ("robalign.cli.sweep", "run a grid of cells (method x noise x duration x seed ...) into the results store; resumable"),
     "analyze": ("robalign.cli.analyze", "correlations, slopes and paired method differences of a metric over a sweep axis"),

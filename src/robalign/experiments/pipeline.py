@@ -73,8 +73,7 @@ def prepare(sweep, log: Callable[[str], None] = print) -> None:
     base = None
     with torch_threads(max(1, int(sweep.executor.cpus_per_cell))):
         if sweep.lane == "world":
-            steps = ensure_checkpoints(sweep, world, log)
-            base = checkpoint(world, max(steps))[0]  # the judge starts from the longest pre-training
+            ensure_checkpoints(sweep, world, log)
         else:
             from robalign.experiments.pipeline_real import ensure_soft_labels
 

@@ -130,9 +130,10 @@ def checkpoint(world: Path, steps: int | None) -> tuple[Path, dict]:
 # ---------------------------------------------------------------------------- the world's LLM judge
 
 WORLD_JUDGE = "llm"  # the judge spec that names the sweep's own trained judge (OUT/judge/run/model)
-# lane -> (shipped training config, judge examples): a nano world checkpoint fully fine-tuned takes
-# ~1 min on 2 cores; SmolLM2 with LoRA is the issue-10 judge (384 examples x 3 epochs, ~16 min)
-JUDGE_RECIPES = {"world": ("judge/nano_world", 384), "smollm2": ("judge/smollm2_lora", 384)}
+# smollm2 lane: (shipped training config, judge examples), the issue-10 LoRA judge (384 examples x 3
+# epochs, ~16 min). The world lane trains `judge-train --tiny` (from scratch on every judge example,
+# ~70 s for 800 steps on one core; kappa 0.92 on a default world's held-out examples, docs/world.md).
+JUDGE_RECIPES = {"smollm2": ("judge/smollm2_lora", 384)}
 
 
 def judge_dir(sweep) -> Path:
@@ -148,10 +149,10 @@ def resolve_judge(sweep, spec: str) -> str:
 
 
 def ensure_judge(sweep, world: Path, base: Path | None, log: Callable[[str], None] = print) -> Path:
-    """Train the LLM judge on the world's judge examples (``robalign judge-train``'s recipe: the
-    bias-compact request as the prompt, the right verdict as chosen) unless it is there. World
-    lane: from ``base``, the longest pre-trained checkpoint, which already reads the world's words;
-    smollm2 lane: SmolLM2 with LoRA. The CLEAR-Bias control set plays no part."""
+    """Train the LLM judge on the world's judge examples unless it is there. World lane: the tiny
+    judge from scratch (``robalign judge-train --tiny``); smollm2 lane: ``robalign judge-train``'s
+    recipe, SmolLM2 with LoRA (the bias-compact request as the prompt, the right verdict as chosen;
+    ``base`` replaces its model when given). The CLEAR-Bias control set plays no part."""
     import time
 
     from robalign.config import TrainConfig, load_config, validate_train_config
@@ -163,6 +164,18 @@ def ensure_judge(sweep, world: Path, base: Path | None, log: Callable[[str], Non
     run = out / "run"
     if (run / "model" / CARD).is_file():
         return run / "model"
+    if sweep.lane == "world":
+        from robalign.world.tiny_judge import TinyJudgeConfig, train_tiny_judge
+
+        log(f"judge {run}: training a tiny judge from scratch on {world}'s judge examples "
+            f"({sweep.bench.clear_bias.judge_steps} steps)")
+        result = train_tiny_judge(TinyJudgeConfig(world=str(world), out=str(run),
+                                                  steps=sweep.bench.clear_bias.judge_steps,
+                                                  threads=sweep.pretrain.threads))
+        accuracy = (result.card.get("heldout_eval") or {}).get("accuracy")
+        log(f"judge {result.model}: {result.card['steps']} steps in {result.card['train_seconds']:.0f} s"
+            + (f", held-out accuracy {accuracy:.3f}" if accuracy is not None else ""))
+        return result.model
     name, examples = JUDGE_RECIPES[sweep.lane]
     start = time.perf_counter()
     data = write_judge_data(world, out / "data", examples=examples, eval_examples=32, seed=0, control_set=None)

@@ -163,9 +163,7 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
     out = []
     base = frame[frame["method"].astype(str) == "none"] if "method" in frame.columns else frame.iloc[:0]
     if len(base):
-        d = analysis.describe(base, y, by=None)[0]
-        out.append(f"Un-aligned model (method=none, {_cells(d['n'])}): {y} = {d['mean']:.3f} {_ci_text(d)}."
-                   if d["mean"] is not None else f"Un-aligned model: no cell has a value for {y}.")
+        out.append(f"Un-aligned model (method=none): {y} = {_levels(base, y, duration)}.")
     else:
         out.append("No cell with method=none: this sweep has no un-aligned baseline to compare with.")
     low = frame[frame[noise] == frame[noise].min()] if noise else frame
@@ -174,11 +172,7 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
     for m in methods:
         if m == "none":
             continue
-        d = analysis.describe(low[low["method"].astype(str) == m], y, by=None)[0]
-        if d["mean"] is None:
-            out.append(f"After {m}{where}: no cell has a value for {y}.")
-            continue
-        text = f"After {m}{where} ({_cells(d['n'])}): {y} = {d['mean']:.3f} {_ci_text(d)}"
+        text = f"After {m}{where}: {y} = {_levels(low[low['method'].astype(str) == m], y, duration)}"
         p = comparisons.get(("none", m))  # group_order puts none first: the difference is m - none
         if p and p["mean_diff"] is not None:
             ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]" if p["low"] is not None else f"({p['note']})"
@@ -195,6 +189,45 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
                 ci = f"[{r['low']:+.3f}, {r['high']:+.3f}]" if r["low"] is not None else f"({r['note']})"
                 out.append(f"{r['b']} − {r['a']} at noise {r['at']:g}: {r['mean_diff']:+.3f} {ci} over {r['n']} "
                            f"matched {_cells(r['n']).split()[1]}.")
+    out += _side_lines(frame, methods)
+    return out
+
+
+def _levels(rows: pd.DataFrame, y: str, duration: str | None) -> str:
+    """``0.884 [0.854, 0.886] at 200 pre-training steps, ...``: one value per duration (the cell's own CI
+    when the duration has one cell, a t CI over its cells, e.g. seeds, when it has more), or one overall."""
+    if not (duration and rows[duration].nunique(dropna=True) > 1):
+        d = analysis.describe(rows, y, by=None)[0]
+        return f"{d['mean']:.3f} {_ci_text(d)} ({_cells(d['n'])})" if d["mean"] is not None else "no value"
+    parts, sources = [], set()
+    for value, at in rows.groupby(duration, sort=True):
+        d = analysis.describe(at, y, by=None)[0]
+        where = f"at {_v(value)} {DURATIONS.get(duration, duration)}"
+        if d["mean"] is None:
+            parts.append(f"no value {where}")
+            continue
+        ci = f" [{d['low']:.3f}, {d['high']:.3f}]" if d.get("low") is not None else ""
+        sources.add(("t CI over cells" if d.get("source") == "cells" else "the cell's own CI") if ci else "no CI")
+        parts.append(f"{d['mean']:.3f}{ci} {where}")
+    return ", ".join(parts) + f" (95%: {', '.join(sorted(sources))})"
+
+
+def _side_lines(frame: pd.DataFrame, methods: list[str]) -> list[str]:
+    """The judges' agreement on the same answers, and harmful-request compliance per method."""
+    out = []
+    if "judges/kappa" in frame.columns and frame["judges/kappa"].notna().any():
+        k = pd.to_numeric(frame["judges/kappa"], errors="coerce").dropna()
+        out.append(f"The sweep's judges agree with Cohen's κ from {k.min():.2f} to {k.max():.2f} over {_cells(len(k))} "
+                   f"(median {k.median():.2f}; each cell's κ has its CI in the cell table).")
+    if "harmful/compliance" in frame.columns and frame["harmful/compliance"].notna().any():
+        noise, duration = sweep_axes(frame)
+        low = frame[frame[noise] == frame[noise].min()] if noise else frame
+        where = f" at noise {frame[noise].min():g}" if noise else ""
+        out += [f"Compliance with harmful requests{where}, {m}: "
+                f"{_levels(low[low['method'].astype(str) == m], 'harmful/compliance', duration)}." for m in methods]
+        if noise:
+            out += [_slope_sentence(r, frame, noise, "harmful/compliance", "noise rate")
+                    for r in analysis.slopes(frame, noise, "harmful/compliance") if r["group"] != "none"]
     return out
 
 

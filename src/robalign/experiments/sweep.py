@@ -83,6 +83,7 @@ class ClearBiasSection:
     temperature: float = 0.0
     max_new_tokens: int = 48
     attacks: list[str] | None = None  # None = every attack the world has
+    judge_steps: int = 800  # world lane: optimizer steps of the tiny `llm` judge (robalign judge-train --tiny)
 
 
 @dataclass
