@@ -108,8 +108,7 @@ def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, la
     """Safety values (rows x cols, NaN = no data) on the red-amber-green scale, each annotated."""
     from matplotlib.colors import LinearSegmentedColormap
 
-    cmap = LinearSegmentedColormap.from_list("safety", ["#dc2626", "#f59e0b", "#16a34a"])
-    cmap.set_bad("#e5e7eb")
+    cmap = LinearSegmentedColormap.from_list("safety", ["#dc2626", "#f59e0b", "#16a34a"]).with_extremes(bad="#e5e7eb")
     fig = _figure(min(2.2 + 0.75 * len(cols), 14), 1.2 + 0.42 * len(rows))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
