@@ -1,10 +1,12 @@
-"""robalign judge run | agreement | select
+"""robalign judge run | agreement | select | pairwise
 
   robalign judge run --judge rule --data ../shared/data/clear_bias/control_set --out runs/judge/rule.csv
   robalign judge run --judge rule --data ../shared/data/clear_bias/control_set/control_set_CTO.csv \
       --prompt-col PROMPT --response-col RESPONSE --out runs/judge/rule_cto.csv   # joins ../base_prompts
   robalign judge agreement --data runs/judge/rule.csv --gold LABEL --pred judge_verdict
   robalign judge select --control-set ../shared/data/clear_bias/control_set --judges configs/judges/control_set.yaml
+  robalign judge pairwise --judge llm:openai:m@http://127.0.0.1:8000/v1 --data answers.jsonl \
+      --reference-col chosen --out runs/judge/pairwise.csv                      # win rate vs a reference
 """
 
 from __future__ import annotations
@@ -59,9 +61,28 @@ def add_arguments(p) -> None:
     select.add_argument("--seed", type=int, default=0)
     _cache_flags(select)
 
+    pair = sub.add_parser("pairwise", help="win rate of the model's answers against reference answers "
+                                           "(both orders asked; see docs/evaluation.md)")
+    pair.add_argument("--judge", required=True, help="llm:<model spec>[#pairwise], or a mapping with samples, "
+                                                     "temperature, max_new_tokens, seed")
+    pair.add_argument("--data", required=True, help=".csv/.jsonl/.parquet with a prompt, an answer and a reference")
+    pair.add_argument("--out", required=True, help="output table (.csv/.jsonl/.parquet): input rows + verdicts; "
+                                                   "the rates go to <out>.summary.json")
+    pair.add_argument("--prompt-col", default=None, help="prompt column (default: 'prompt', any case)")
+    pair.add_argument("--response-col", default=None, help="the model's answer (default: 'response', any case)")
+    pair.add_argument("--reference-col", default=None,
+                      help="the reference answer, e.g. the data set's chosen response (default: 'reference' or "
+                           "'chosen', any case)")
+    pair.add_argument("--prefix", default="pair_", help="prefix of the added columns (default pair_)")
+    pair.add_argument("--limit", type=int, default=None, help="compare only the first N rows")
+    pair.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the tie-aware CI (0 = none)")
+    pair.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pair.add_argument("--level", type=float, default=0.95, help="CI level")
+    _cache_flags(pair)
+
 
 def run(args) -> int:
-    return {"run": _run, "agreement": _agreement, "select": _select}[args.judge_command](args)
+    return {"run": _run, "agreement": _agreement, "select": _select, "pairwise": _pairwise}[args.judge_command](args)
 
 
 def _run(args) -> int:
@@ -185,3 +206,34 @@ def _summary_line(summary: dict) -> str:
     from robalign.evaluation.cache import RunSummary
 
     return RunSummary(**summary).line()
+
+
+def _pairwise(args) -> int:
+    import sys
+
+    from robalign.evaluation.options import open_cache, parse_options
+    from robalign.evaluation.pairwise import compare_table, pair_columns, pair_items, rates_line
+    from robalign.evaluation.specs import redact_value
+    from robalign.evaluation.tables import read_table, write_table
+    from robalign.provenance import run_record, write_json_atomic
+
+    df = read_table(args.data)
+    df = df.head(args.limit) if args.limit else df
+    columns = pair_columns(df, str(args.data), args.prompt_col, args.response_col, args.reference_col)
+    result = compare_table(df, pair_items(df, *columns), args.judge, open_cache(args.no_cache, args.cache),
+                           parse_options(args.option), prefix=args.prefix, level=args.level, n_boot=args.n_boot,
+                           seed=args.seed)
+    write_table(result.frame, args.out)
+    report = {"run": run_record(args, redact=redact_value), "judge": result.judge,
+              "template": result.template, "columns": dict(zip(("prompt", "response", "reference"), columns)),
+              **result.stats, "not_judged": result.not_judged, "generation": result.summary.to_dict()}
+    write_json_atomic(Path(str(args.out) + ".summary.json"), report)
+    print(f"wrote {len(result.frame)} rows to {args.out}")
+    print(rates_line(result.stats))
+    print(result.summary.line())
+    if result.not_judged:
+        print(f"{result.not_judged} rows were not judged: their generation failed (status column)", file=sys.stderr)
+    if result.failed:
+        print(f"{result.failed} rows FAILED: a judge call failed (see {args.prefix}raw_model_a / _b); run the same "
+              "command again to retry only those", file=sys.stderr)
+    return 1 if result.failed else 0

@@ -224,3 +224,31 @@ def spec_template(data: dict[str, Any]) -> JudgeTemplate:
     mode = str(data.get("mode", ""))
     parser = str(data.get("parser", "first_line" if mode == "turns" else ""))
     return custom_template(data.get("template_file"), mode, parser, data.get("labels"), data.get("max_new_tokens"))
+
+
+# ---- pairwise comparison (``robalign judge pairwise``, module ``pairwise``) ------------------------
+
+PAIRWISE_LABELS = ("A", "B", "TIE")  # reply A is better, reply B is better, neither
+
+
+def parse_pairwise(text: str) -> str:
+    """A, B or TIE from the last ``[[...]]`` of a pairwise judge's reply; else UNPARSED. Strict
+    like ``parse_double_bracket``: a last bracket holding anything else (``[[both]]``,
+    ``[[A or B]]``) is UNPARSED, and a bare "A" or "Reply B is better" is never read as a choice."""
+    return parse_double_bracket(text, PAIRWISE_LABELS)
+
+
+# Kept apart from TEMPLATES: these templates fill {answer_a} / {answer_b}, which ``judge run``'s
+# one-answer requests cannot, so ``llm:<spec>#pairwise`` there fails as an unknown template
+# instead of sending the literal placeholders to the judge.
+PAIRWISE_TEMPLATES: dict[str, JudgeTemplate] = {t.name: t for t in [
+    _builtin("pairwise", templates.PAIRWISE, "double_bracket", PAIRWISE_LABELS, 256),
+]}
+
+
+def get_pairwise_template(name: str) -> JudgeTemplate:
+    try:
+        return PAIRWISE_TEMPLATES[name]
+    except KeyError:
+        raise UserError(f"unknown pairwise judge template '{name}'; choose one of {', '.join(PAIRWISE_TEMPLATES)} "
+                        "(or leave out #template: pairwise is the default)") from None
