@@ -22,8 +22,8 @@
 | judging           | ``robalign judge run``: verdict columns, the R-vs-M second pass          |
 | stereotypes       | where the rule judge's stereotype fields come from (columns, base prompts) |
 | selection         | ``robalign judge select``: rank judges by kappa on a control set         |
-
 | pairwise          | ``robalign judge pairwise``: win rate vs a reference answer, both orders, Wilson / bootstrap CIs |
+
 Run records (git commit, versions, arguments) and JSON writing: ``robalign.provenance``.
 
 Nothing here imports ``robalign.training`` (DESIGN.md: the two never import each other).
