@@ -104,10 +104,12 @@ def run(args) -> int:
     if paired:
         keys = analysis.match_keys(frame, by, args.x)
         print(f"\npaired differences b - a at each {args.x} (cells matched on {', '.join(keys) or 'nothing'}; "
-              "95% paired t CI)")
-        print(table([args.x, "a", "b", "n", "mean diff [CI]", "p", "note"],
+              "95% paired t CI; p of the paired t and Wilcoxon signed-rank tests, Holm-corrected across rows)")
+        print(table([args.x, "a", "b", "n", "mean diff [CI]", "t p", "t p Holm", "Wilcoxon p", "Wilcoxon p Holm",
+                     "note"],
                     [[r["at"], r["a"] or "–", r["b"] or "–", r["n"], _n(r["mean_diff"], 4) + _ci(r["low"], r["high"], 4),
-                      _p(r["p"]), r["note"] or ""] for r in paired]))
+                      _p(r["p"]), _p(r["p_holm"]), _p(r["p_wilcoxon"]), _p(r["p_wilcoxon_holm"]), r["note"] or ""]
+                     for r in paired]))
     elif by:
         print(f"\n(no paired comparison: {args.x} is a metric, not a grid parameter)")
     if args.json:

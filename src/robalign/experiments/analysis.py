@@ -304,7 +304,11 @@ def paired(df: pd.DataFrame, y: str, by: str = "method", at: str | None = "data.
            pair_on: Sequence[str] | None = None, level: float = 0.95) -> list[dict]:
     """At each level of ``at``, for every pair of groups (a, b) present there: the mean of
     y_b - y_a over cells matched on ``pair_on`` (default: every other parameter, seed included),
-    the paired t CI and p (``scipy.stats.ttest_rel``), n pairs. One pair: no CI."""
+    the paired t CI and p (``scipy.stats.ttest_rel``), the Wilcoxon signed-rank p
+    (``scipy.stats.wilcoxon``: exact for small n, no normality assumed), n pairs. One pair: no CI.
+    ``p_holm`` / ``p_wilcoxon_holm``: each family of p-values (every comparison returned, across
+    levels) corrected by Holm's step-down method (``statsmodels``), which controls the chance of
+    any false positive among them without assuming the tests independent."""
     from scipy import stats
 
     require_columns(df, y=y, by=by, at=at)
@@ -328,8 +332,8 @@ def paired(df: pd.DataFrame, y: str, by: str = "method", at: str | None = "data.
             dropped, ya, yb = int((~ok).sum()), ya[ok], yb[ok]
             d = yb - ya
             row = {"at": lvl, "a": a, "b": b, "n": len(d), "mean_diff": _clean(d.mean()) if len(d) else None,
-                   "low": None, "high": None, "p": None, "sd": _clean(d.std(ddof=1)) if len(d) > 1 else None,
-                   "dropped": dropped}
+                   "low": None, "high": None, "p": None, "p_wilcoxon": None,
+                   "sd": _clean(d.std(ddof=1)) if len(d) > 1 else None, "dropped": dropped}
             why = None
             if not len(d):
                 why = (f"no {a} and {b} cells {where} match on {', '.join(keys) or 'the parameters'}"
@@ -342,10 +346,25 @@ def paired(df: pd.DataFrame, y: str, by: str = "method", at: str | None = "data.
             else:
                 res = stats.ttest_rel(yb, ya)
                 ci = res.confidence_interval(confidence_level=level)
-                row |= {"low": _clean(ci.low), "high": _clean(ci.high), "p": _clean(res.pvalue)}
+                row |= {"low": _clean(ci.low), "high": _clean(ci.high), "p": _clean(res.pvalue),
+                        "p_wilcoxon": _clean(stats.wilcoxon(yb, ya).pvalue)}
             out.append(row | {"note": _join(f"{dropped} matched pair(s) without {y} left out" if dropped else None,
                                             why)})
+    for name in ("p", "p_wilcoxon"):
+        _holm(out, name)
     return out
+
+
+def _holm(rows: list[dict], name: str) -> None:
+    """rows[i][name + '_holm']: Holm-adjusted over the rows that have a p-value under ``name``."""
+    from statsmodels.stats.multitest import multipletests
+
+    have = [r for r in rows if r.get(name) is not None]
+    adjusted = multipletests([r[name] for r in have], method="holm")[1] if have else []
+    for r in rows:
+        r[f"{name}_holm"] = None
+    for r, q in zip(have, adjusted):
+        r[f"{name}_holm"] = _clean(q)
 
 
 # -------------------------------------------------------------------- summaries for figures and headlines

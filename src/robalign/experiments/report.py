@@ -269,6 +269,10 @@ def run_href(run_dir: str | None, out_dir: Path) -> str | None:
     return quote(Path(rel).as_posix() + "/")
 
 
+def _p_holm(r: dict, name: str) -> str:
+    return "–" if r.get(name) is None else f"{_g(r[name], 2)} ({_g(r[name + '_holm'], 2)})"
+
+
 def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
     head = "".join(f"<th>{h}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -279,7 +283,8 @@ def _analysis_section(frame: pd.DataFrame, y: str, n_boot: int) -> str:
     noise, duration = sweep_axes(frame)
     out = ["<h2 id='analysis'>Analysis tables</h2><p class='muted'>Unit: the cell. Correlation CIs: 95% percentile "
            f"bootstrap over cells ({n_boot} resamples, seed 0); slopes: OLS with t CI; paired: mean of b − a over cells "
-           "matched on every other grid key (seed included), paired t CI.</p>"]
+           "matched on every other grid key (seed included), paired t CI; p of the paired t test and of the Wilcoxon "
+           "signed-rank test, each family Holm-corrected across the table's comparisons in brackets.</p>"]
     if y not in frame.columns:
         return out[0] + f"<p>No {_e(y)} metric in this sweep.</p>"
     for x in (a for a in (noise, duration) if a):
@@ -295,9 +300,11 @@ def _analysis_section(frame: pd.DataFrame, y: str, n_boot: int) -> str:
                                                             "</span>" if r["low"] is not None else ""),
              _g(r["p"], 2), _num(r["r2"], 2), _e(r["note"] or "")] for r in analysis.slopes(frame, x, y)]))
         if x == noise:
-            out.append(_table([_e(x), "a", "b", "pairs", "mean b − a [CI]", "p", "note"], [
+            out.append(_table([_e(x), "a", "b", "pairs", "mean b − a [CI]", "paired t p (Holm)",
+                               "Wilcoxon p (Holm)", "note"], [
                 [_e(_v(r["at"])), _e(r["a"] or "–"), _e(r["b"] or "–"), str(r["n"]),
-                 _num(r["mean_diff"], 4) + _ci(r["low"], r["high"], 4), _g(r["p"], 2), _e(r["note"] or "")]
+                 _num(r["mean_diff"], 4) + _ci(r["low"], r["high"], 4), _p_holm(r, "p"), _p_holm(r, "p_wilcoxon"),
+                 _e(r["note"] or "")]
                 for r in analysis.paired(frame, y, at=x)]))
     rows = []
     for metric in (m for m in KEY_METRICS if m in frame.columns):
