@@ -38,6 +38,10 @@ class ConfigError(UserError, ValueError):
 NOISE_MODES = {"flip": "train", "reward_labels": "train-reward", "soft_flip": "soft-labels",
                "margin_gaussian": "soft-labels"}
 
+# training.shapo.ascent -> where ε's direction comes from (robalign.training.shapo describes both)
+SHAPO_ASCENTS = {"fresh": "∇L(θ) of a first pass: two forward-backward passes a ShaPO step",
+                 "previous": "the gradient the previous optimizer step used: one pass a ShaPO step"}
+
 # weight dtypes that cannot be master weights (robalign.models.loading.DTYPES spells them all)
 LOW_PRECISION_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
 
@@ -104,6 +108,9 @@ class ShapoConfig:
     rho: float = 0.05  # ‖ε‖₂, the perturbation radius; sweep it (0 = the plain step, exactly)
     interval: int = 1  # ShaPO on every k-th optimizer step (official recipe: 5; 1 = every step)
     mask: str = "uniform"  # directory from `robalign subspace`, or uniform (every trainable parameter: full SAM)
+    # fresh | previous: ε from ∇L(θ) (two passes a step) or from the previous step's gradient (one pass;
+    # its loss metrics are then measured at θ+ε). docs/methods.md#3-the-step-trainingshapo
+    ascent: str = "fresh"
 
 
 @dataclass
@@ -321,6 +328,11 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"training.shapo.rho must be a finite number >= 0, got {t.shapo.rho}")
     if t.shapo.interval < 1:
         raise ConfigError(f"training.shapo.interval must be >= 1 (1 = every step), got {t.shapo.interval}")
+    if t.shapo.ascent not in SHAPO_ASCENTS:
+        close = difflib.get_close_matches(t.shapo.ascent, list(SHAPO_ASCENTS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"training.shapo.ascent: unknown value '{t.shapo.ascent}'.{hint} Known: "
+                          + "; ".join(f"{k} ({v})" for k, v in SHAPO_ASCENTS.items()))
     if not t.shapo.mask.strip():
         raise ConfigError("training.shapo.mask is empty: give a directory from `robalign subspace`, or uniform")
     for sink in t.report_to:

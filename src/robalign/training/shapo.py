@@ -31,6 +31,33 @@ says so, once per run and ρ: the step is then mostly the plain step.
 Dropout. The random-number state is replayed for the second pass, so both passes draw the same
 dropout masks and L(θ+ε) − L(θ) measures the perturbation, not dropout noise; ρ = 0 then
 reproduces the plain step exactly.
+
+The cheaper step (``ascent="previous"``, ``training.shapo.ascent=previous``). The first pass only
+finds a direction; the gradient the *previous optimizer step used* already points roughly uphill,
+so ε = ρ·(M⊙g_prev)/‖M⊙g_prev‖₂ is taken from it and the step is one forward-backward, at θ+ε:
+
+    g_prev = the gradient in .grad that step t−1 handed to the optimizer (before clipping):
+             g′ = ∇L(θ_{t−1}+ε_{t−1}) after a ShaPO step, the plain ∇L(θ_{t−1}) after a plain one
+    ε_t    = ρ · (M⊙g_prev) / ‖M⊙g_prev‖₂
+    g′_t   = ∇L_t(θ_t + ε_t)
+
+Why that gradient and not, say, the masked g at θ_{t−1}: it is the only one a one-pass step has
+(there is no pass at θ any more), it is in ``.grad`` for free, and it is already what the
+fresh step's g is: an effective-batch gradient (all micro-batches, Dr.DPO weights included) and,
+under DDP, the all-reduced mean, so ε is the same on every rank with no extra communication.
+Clipping scales every coordinate alike and so leaves the direction as it is. With k > 1 the plain
+step before each ShaPO step supplies it (the trainer copies M⊙.grad only on that step). The
+caveat: g_prev belongs to another batch and another point, so ε is not the worst case for this
+batch; ``shapo/ascent_cosine`` = cos(M⊙g_prev, M⊙g′_t) says how well it lines up.
+
+When there is no usable g_prev the step is the fresh one (two passes): the first ShaPO step of a
+run, the first after a resume (the checkpoint does not store g_prev, so a resumed run differs from
+an uninterrupted one on that step only when it is a ShaPO step), after a non-finite gradient, and
+when ‖M⊙g_prev‖ = 0 (LoRA's first step: peft starts B at 0, so ∇A = 0). The cheap step never
+evaluates L(θ): its TRL-named metrics are measured at θ+ε (``loss`` = ``shapo/loss_perturbed``),
+``shapo/loss_gain`` is not logged, and ``shapo/first_order_gain`` is ⟨ε, M⊙g′_t⟩, the first-order
+estimate of L(θ+ε) − L(θ) from the point θ+ε (negative when the stale direction points downhill).
+``shapo/ascent_reused`` is 1 on a cheap step and 0 on a fresh one of a ``previous`` run.
 """
 
 from __future__ import annotations
@@ -40,6 +67,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from robalign.config import SHAPO_ASCENTS
 from robalign.data.tokenize import PairBatch
 from robalign.errors import UserError
 from robalign.training.step import LossSettings, accumulate_gradients
@@ -53,8 +81,13 @@ def shapo_due(step: int, interval: int) -> bool:
 
 def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dict], settings: LossSettings,
                mask: ParameterMask, rho: float, accelerator=None,
-               autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+               autocast_dtype: torch.dtype | None = None, ascent: str = "fresh",
+               previous_gradient: torch.Tensor | None = None) -> dict[str, float]:
     """Leave g′ = ∇L(θ+ε) in ``.grad`` (θ unchanged on return) and return the step metrics.
+
+    ``ascent="fresh"``: ε from ∇L(θ) of a first pass (two passes). ``ascent="previous"``: ε from
+    ``previous_gradient`` (M⊙g_prev as ``masked_gradient`` returns it) in one pass, or the fresh
+    step with ``shapo/ascent_reused`` = 0 when it is None, non-finite or zero (module docstring).
 
     Metrics: TRL names at θ (as a plain step would log them) plus ``shapo/loss_gain`` =
     L(θ+ε) − L(θ) (≈ ρ‖M⊙g‖ = ``shapo/first_order_gain`` for small ρ), ``shapo/eps_norm`` (‖ε‖
@@ -65,6 +98,14 @@ def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dic
     the masked tensors, so the trainer's finiteness check skips the optimizer step.
     """
     _check_distributed(accelerator)
+    if ascent not in SHAPO_ASCENTS:
+        raise ValueError(f"ascent must be one of {', '.join(SHAPO_ASCENTS)}, got {ascent!r}")
+    if ascent == "previous":
+        if _usable(previous_gradient):
+            return _reused_ascent_step(model, micro_batches, reference, settings, mask, rho, accelerator,
+                                       autocast_dtype, previous_gradient)
+        return shapo_step(model, micro_batches, reference, settings, mask, rho, accelerator,
+                          autocast_dtype) | {"shapo/ascent_reused": 0.0}
     device = mask.entries[0].param.device
     rng = _rng_state(device)
     stashed = [e.param.grad for e in mask.entries]
@@ -100,6 +141,48 @@ def shapo_step(model, micro_batches: list[PairBatch], reference: tuple[dict, dic
         _restore(mask, saved)
     return base | info | applied | {"shapo/skipped": 0.0, "shapo/loss_gain": perturbed["loss"] - base["loss"],
                                     "shapo/loss_perturbed": perturbed["loss"]}
+
+
+def masked_gradient(mask: ParameterMask) -> torch.Tensor:
+    """M⊙.grad as one flat vector in the working dtype (a copy; 0 where a tensor has no gradient):
+    what ``ascent="previous"`` keeps between steps (mask.numel values; the whole model's size
+    for the uniform mask)."""
+    dtype, device = _working_dtype(mask), mask.entries[0].param.device
+    return torch.cat([_slice(e, e.param.grad).to(dtype).flatten() if e.param.grad is not None
+                      else torch.zeros(e.numel, device=device, dtype=dtype) for e in mask.entries])
+
+
+def _usable(g: torch.Tensor | None) -> bool:
+    if g is None:
+        return False
+    norm = torch.linalg.vector_norm(g)
+    return bool(torch.isfinite(norm)) and norm.item() > 0
+
+
+def _reused_ascent_step(model, micro_batches, reference, settings, mask: ParameterMask, rho: float, accelerator,
+                        autocast_dtype, previous: torch.Tensor) -> dict[str, float]:
+    """One pass at θ + ρ·g_prev/‖g_prev‖; metrics at θ+ε plus the stale direction's diagnostics."""
+    grad_norm = torch.linalg.vector_norm(previous)
+    eps = previous * (rho / grad_norm)
+    saved = _perturb(mask, eps)
+    try:
+        applied = _applied_norms(mask, saved, autocast_dtype)
+        applied |= applied_radius(applied["shapo/eps_norm"], rho)
+        perturbed = accumulate_gradients(model, micro_batches, reference, settings, accelerator, autocast_dtype)
+    finally:
+        _restore(mask, saved)
+    # ⟨ε, M⊙g′⟩ and ‖M⊙g′‖ tensor by tensor: no second flat copy of the masked gradient
+    dot = new_sq = torch.zeros((), device=eps.device, dtype=eps.dtype)
+    for e, chunk in _chunks(mask, eps):
+        if e.param.grad is not None:
+            g_new = _slice(e, e.param.grad).to(eps.dtype).flatten()
+            dot, new_sq = dot + chunk @ g_new, new_sq + g_new @ g_new
+    new_norm = new_sq.sqrt().item()
+    cosine = dot.item() / (rho * new_norm) if rho > 0 and new_norm != 0 else 0.0  # NaN stays NaN
+    return perturbed | applied | {
+        "shapo/grad_norm_masked": grad_norm.item(), "shapo/mask_params": float(mask.numel),
+        "shapo/first_order_gain": dot.item(), "shapo/ascent_cosine": cosine, "shapo/skipped": 0.0,
+        "shapo/loss_perturbed": perturbed["loss"], "shapo/ascent_reused": 1.0}
 
 
 def _check_distributed(accelerator) -> None:

@@ -26,7 +26,7 @@ from robalign.training.checkpoint import checkpoint_dirs, load_checkpoint, save_
 from robalign.training.metrics_log import MetricsLog
 from robalign.training.preflight import check_initial_loss, describe_pair, initial_dpo_loss
 from robalign.training.reference import reference_logps
-from robalign.training.shapo import shapo_due, shapo_step
+from robalign.training.shapo import masked_gradient, shapo_due, shapo_step
 from robalign.training.step import LossSettings, accumulate_gradients, evaluate
 from robalign.training.subspace import resolve_parameter_mask
 
@@ -213,6 +213,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                     for i in range(0, len(eval_pairs), t.eval_batch_size)]
     reference = (ref_train.chosen, ref_train.rejected)
     metrics: dict[str, float] = {}
+    previous_gradient = None  # shapo.ascent=previous: M⊙ last step's gradient (not checkpointed: fresh after resume)
     bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc="train",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     try:
@@ -221,9 +222,12 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
             micro = [collate_pairs([train_pairs[i] for i in idx[j : j + t.per_device_batch_size]], pad)
                      for j in range(0, len(idx), t.per_device_batch_size)]
             if shapo_mask is not None and shapo_due(step, t.shapo.interval):
-                metrics = shapo_step(model, micro, reference, settings, shapo_mask, t.shapo.rho, accelerator, autocast)
+                metrics = shapo_step(model, micro, reference, settings, shapo_mask, t.shapo.rho, accelerator, autocast,
+                                     t.shapo.ascent, previous_gradient)
             else:
                 metrics = accumulate_gradients(model, micro, reference, settings, accelerator, autocast)
+            if shapo_mask is not None and t.shapo.ascent == "previous":  # kept only when the next step needs it
+                previous_gradient = masked_gradient(shapo_mask) if shapo_due(step + 1, t.shapo.interval) else None
             params = [p for p in model.parameters() if p.requires_grad]
             grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
             if torch.isfinite(grad_norm):
