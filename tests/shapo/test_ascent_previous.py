@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -394,6 +395,37 @@ def test_unknown_ascent_is_a_config_error(tmp_path, nano_llama):
         config(tmp_path, nano_llama, "training.shapo.ascent=previus")
     with pytest.raises(ConfigError, match="Known: fresh .*; previous"):
         config(tmp_path, nano_llama, "training.shapo.ascent=sam")
+
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this interpreter")
+def test_cheap_step_under_ddp_matches_one_process(tmp_path, nano_llama):
+    """Two gloo ranks × 2 micro-batches × 2 pairs against one process × 8 pairs: .grad after the
+    synced pass is the all-reduced mean, so every rank keeps the same g_prev and takes the same ε."""
+    def run(out, world, per_device, accumulation):
+        common = [f"output_dir={out}", f"model.name_or_path={nano_llama}", "data.train=synthetic:120",
+                  "data.max_length=80", "data.max_prompt_length=48", "training.max_steps=3",
+                  "training.learning_rate=1e-3", f"training.per_device_batch_size={per_device}",
+                  f"training.gradient_accumulation_steps={accumulation}", "training.save_model=false",
+                  "training.shapo.enabled=true", "training.shapo.rho=0.1", "training.shapo.ascent=previous"]
+        launcher = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(world)] if world > 1 else [sys.executable]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([*launcher, "-m", "robalign.cli", "train", *common], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in lines if "grad_norm" in r]
+
+    single, double = run(tmp_path / "one", 1, 8, 1), run(tmp_path / "two", 2, 2, 2)
+    assert [r["shapo/ascent_reused"] for r in double] == [0.0, 1.0, 1.0]
+    for a, b in zip(single, double, strict=True):
+        assert a.keys() == b.keys()
+        for key in ("loss", "grad_norm", "shapo/grad_norm_masked", "shapo/first_order_gain", "shapo/ascent_cosine"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
 
 # --- the benchmark ---------------------------------------------------------------------------
