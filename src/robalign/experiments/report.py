@@ -9,6 +9,11 @@ place a run directory appears is the link a cell row carries to it. The page hol
 2. figures (matplotlib, ``figures.py``; PNG embedded as base64 and written to DIR/figures/):
    safety vs noise per method with CI bands, safety vs duration, safety heatmaps over attacks
    and categories, reward accuracy on clean held-out labels beside the noisy training labels;
+   then the ShaPO study's figures, each only when the store holds its data, each with the table
+   of numbers behind it: the soft-label reward margins (Figure 5), the probe's epochs (Figure 6)
+   and the training reward margins (Figure 7) from the ``curves`` table (``curves.py``), the
+   attack success rate per method and judge, and the composition of each data-robust loss with
+   ShaPO (Figure 4; methods told apart by the train config in the cells' provenance);
 3. the analysis tables (``analysis.py``) behind the sentences;
 4. a cell table: each row links to the cell's run_dir (relative to DIR when possible) and to
    the cell's per-sample drill-down on this page;
@@ -28,7 +33,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -39,9 +44,17 @@ import pandas as pd
 
 from robalign.bench import charts
 from robalign.bench.report import STYLE as BENCH_STYLE
-from robalign.experiments import analysis
+from robalign.experiments import analysis, curves
 from robalign.experiments.analysis import DURATIONS, sweep_axes
-from robalign.experiments.figures import CLEAN_ACC, NOISY_ACC, SAFETY, make_figures
+from robalign.experiments.figures import (
+    CLEAN_ACC,
+    NOISY_ACC,
+    SAFETY,
+    STUDY,
+    make_figures,
+    method_recipes,
+    study_figures,
+)
 
 KEY_METRICS = (SAFETY, "clear_bias/robustness", "clear_bias/fairness", "clear_bias/base/safety",
                "clear_bias_llm/safety", "judges/kappa", "harmful/compliance", "harmful/refusal", CLEAN_ACC, NOISY_ACC)
@@ -64,6 +77,8 @@ class ReportData:
     sweep: str | None
     info: dict             # the store's record of the sweep (name, created, config, provenance, counts)
     store_url: str         # already redacted
+    curves: pd.DataFrame | None = None  # curves.read_curves: cell, name, step, value (the study figures)
+    recipes: dict = field(default_factory=dict)  # method -> figures.Recipe (loss family, ShaPO) from provenance
 
 
 def collect(store, sweep: str | None = None) -> ReportData:
@@ -83,7 +98,9 @@ def collect(store, sweep: str | None = None) -> ReportData:
     frame = store.frame(sweep)
     if frame.empty:
         raise UserError(f"sweep {sweep!r} has no finished cell yet (cells: {info.get('counts')})")
-    return ReportData(order_cells(frame), store.samples(sweep), sweep, info, redact_url(store.url))
+    recipes = method_recipes(store.cells(sweep)) if hasattr(store, "cells") else {}
+    return ReportData(order_cells(frame), store.samples(sweep), sweep, info, redact_url(store.url),
+                      curves.read_curves(store, sweep, curves.REPORT_PREFIXES), recipes)
 
 
 # -------------------------------------------------------------------- what to plot against what
@@ -428,17 +445,33 @@ def _header(data: ReportData) -> str:
             "<a href='#cells'>cells</a><a href='#diffs'>differences</a><a href='#drilldown'>samples</a></nav>")
 
 
-def render(data: ReportData, out_dir: Path, figs: dict[str, tuple[str, bytes]], n_boot: int = 2000,
+def _figure_html(name: str, caption: str, png: bytes, table=None) -> str:
+    """One embedded figure with its caption and, for the study figures, the numbers behind it."""
+    numbers = ""
+    if table is not None:
+        headers, rows = table
+        numbers = ("<details class='data'><summary>the numbers behind this figure</summary>"
+                   + _table([_e(h) for h in headers], [[_e(c) for c in r] for r in rows], cls="data") + "</details>")
+    return (f"<figure id='fig-{_e(name)}'><img class='fig' alt='{_e(caption)}' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'><figcaption class='muted'>{_e(caption)}</figcaption>{numbers}</figure>")
+
+
+def _figures_section(figs: dict[str, tuple]) -> str:
+    body = "".join(_figure_html(name, *fig) for name, fig in figs.items())
+    absent = [why for name, why in STUDY.items() if name not in figs]
+    note = (f"<p class='muted'>Not drawn: {_e('; '.join(absent))}.</p>" if absent else "")
+    return f"<h2 id='figures'>Figures</h2>{body or '<p>No figure: the sweep varies no axis.</p>'}{note}"
+
+
+def render(data: ReportData, out_dir: Path, figs: dict[str, tuple], n_boot: int = 2000,
            max_samples: int = 200, y: str = SAFETY) -> str:
-    """The page as one HTML string; ``figs`` from ``make_figures``, embedded as base64 PNG."""
+    """The page as one HTML string; ``figs`` from ``make_figures`` (caption, PNG) and ``study_figures``
+    (caption, PNG, table), embedded as base64 PNG."""
     labels = cell_labels(data.frame)
     counts = data.samples["cell"].value_counts().to_dict() if not data.samples.empty else {}
     lines = "".join(f"<li>{_e(s)}</li>" for s in headline(data.frame, y))
-    fig_html = "".join(f"<figure id='fig-{name}'><img class='fig' alt='{_e(name)}' src='data:image/png;base64,"
-                       f"{base64.b64encode(png).decode()}'><figcaption class='muted'>{_e(cap)}</figcaption></figure>"
-                       for name, (cap, png) in figs.items()) or "<p>No figure: the sweep varies no axis.</p>"
     parts = [_header(data), f"<h2 id='headline'>Headline</h2><ul class='verdict headline'>{lines}</ul>",
-             f"<h2 id='figures'>Figures</h2>{fig_html}", _analysis_section(data.frame, y, n_boot),
+             _figures_section(figs), _analysis_section(data.frame, y, n_boot),
              _cell_table(data.frame, labels, out_dir, counts), _diff_section(data.frame, data.samples, labels),
              _drilldown(data.frame, data.samples, labels, max_samples)]
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
@@ -459,6 +492,12 @@ _OPEN_TARGET = """<script>
 </script>"""
 
 
+def harmful_judge(info: dict) -> str | None:
+    """The judge behind ``harmful/compliance``, from the sweep config (``rule`` runs as ``keyword`` there)."""
+    judge = ((((info or {}).get("config") or {}).get("bench") or {}).get("harmful") or {}).get("judge")
+    return "keyword" if judge == "rule" else judge
+
+
 def write_report(store, out: str | Path, sweep: str | None = None, n_boot: int = 2000,
                  max_samples: int = 200) -> Path:
     """DIR/index.html and DIR/figures/*.png for ``sweep`` in ``store``; returns the page's path."""
@@ -468,9 +507,11 @@ def write_report(store, out: str | Path, sweep: str | None = None, n_boot: int =
 def write(data: ReportData, out: str | Path, n_boot: int = 2000, max_samples: int = 200) -> Path:
     """Write the page and its figures for collected ``data``."""
     out = Path(out)
-    figs = make_figures(data.frame, cell_labels(data.frame))
+    labels = cell_labels(data.frame)
+    figs = make_figures(data.frame, labels) | study_figures(data.frame, data.curves, data.recipes, labels,
+                                                            harmful_judge(data.info))
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    for name, (_, png) in figs.items():
+    for name, (_, png, *_) in figs.items():
         (out / "figures" / f"{name}.png").write_bytes(png)
     page = out / "index.html"
     tmp = page.with_suffix(".html.tmp")  # a half-written page never replaces a whole one
