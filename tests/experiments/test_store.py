@@ -185,6 +185,13 @@ def test_bad_metrics_and_samples_are_refused_before_writing(tmp_path):
     assert store.status("s") == {"c": "running"}
 
 
+def _worker_errors(logs: list[Path]) -> str:
+    """The tracebacks the race workers wrote instead of their claims, or of a log that is missing."""
+    found = [json.loads(log.read_text()) if log.exists() else {"error": f"{log.name} was never written"}
+             for log in logs]
+    return "\n".join(f["error"] for f in found if isinstance(f, dict))
+
+
 def _check_race(url: str, logs: list[Path], n_cells: int) -> None:
     claimed = [json.loads(log.read_text()) for log in logs]
     every = [cell for cells in claimed for cell in cells]
@@ -216,9 +223,16 @@ def test_concurrent_processes_lose_nothing(backend, tmp_path, request):
                for i in range(n_workers)]
     for worker in workers:
         worker.start()
+    deadline = time.monotonic() + 120
     for worker in workers:
-        worker.join(timeout=120)
-    assert [w.exitcode for w in workers] == [0] * n_workers
+        worker.join(timeout=max(0.1, deadline - time.monotonic()))
+    hung = [w.name for w in workers if w.is_alive()]
+    for worker in workers:  # none may outlive the test (a worker waiting forever would hang pytest's exit)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    assert _worker_errors(logs) == ""
+    assert hung == [] and [w.exitcode for w in workers] == [0] * n_workers
     _check_race(url, logs, n_cells)
 
 
@@ -240,8 +254,32 @@ def test_concurrent_threads_lose_nothing(url, tmp_path):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert errors == []
+    assert _worker_errors(logs) == "" and errors == []
     _check_race(url, logs, n_cells)
+
+
+def test_opening_a_new_file_while_another_connection_switches_it_to_wal(tmp_path):
+    """The race of processes opening a new store together, made deterministic. The first opener
+    switches the new file to WAL: it holds the write lock while it rewrites the header. A second
+    connection reads the header, asks for the write lock to switch too, and SQLite fails it at
+    once with "database is locked", busy_timeout or not. Here a plain connection holds the write
+    lock of a new file for 0.3 s: the store must wait for it (retrying the switch), not fail."""
+    path = tmp_path / "new.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    release = threading.Timer(0.3, other.execute, args=("COMMIT",))
+    release.start()
+    try:
+        store = Store(f"sqlite:///{path}")
+    finally:
+        release.join()
+    assert time.monotonic() - started >= 0.3  # it waited for the lock
+    other.close()
+    store.add_sweep("s", {}, {})
+    assert store.claim("s", "c", {}, "w") and store.status("s") == {"c": "running"}
+    with store._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
 def test_password_never_shown_or_stored(postgres_database):
