@@ -188,6 +188,10 @@ def test_the_hook_writes_what_the_cell_files_hold(tmp_path, sqlite_url):
     assert curves.record_cell_curves(store, "s", "c", tmp_path / "c", {"train_config": {}}) == 1
     store.finish("s", "c", metrics={}, run_dir=str(tmp_path / "c"), provenance={})
     assert curves.read_curves(store, "s")["value"].tolist() == [0.25]
+    # a sweep that ran before the hook: backfill reads every done cell's run_dir again
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "rewards/margins": 0.5}) + "\n")
+    assert curves.backfill_curves(store, "s") == {"c": 1}
+    assert curves.read_curves(store, "s")["value"].tolist() == [0.5]
     store.close()
 
 
@@ -306,3 +310,20 @@ def test_a_sweep_with_curves_but_no_soft_labels_or_probe_shows_no_figure_5_or_6(
     only_dpo = study.frame[study.frame["method"].isin(["none", "dpo", "shapo"])]
     recipes = {m: r for m, r in study.recipes.items() if m in ("dpo", "shapo")}
     assert figures.composition(only_dpo, recipes) is None  # dpo +- ShaPO alone is not a data-robust composition
+
+
+def test_durations_and_noise_rates_are_panels_never_pooled_into_a_ci():
+    """Two pre-training durations x two noise rates, one seed: each bar is one cell, with that cell's own
+    Wilson CI, never a t CI over two different models."""
+    rows = [{"cell": f"{m}{d}{n}", "method": m, "pretrain.steps": d, "data.noise_rate": n, "seed": 0,
+             ASR: v, f"{ASR}.low": v - 0.1, f"{ASR}.high": v + 0.1}
+            for m, d, n, v in [("dpo", 200, 0.0, 0.4), ("dpo", 200, 0.2, 0.3), ("dpo", 400, 0.0, 0.2),
+                               ("dpo", 400, 0.2, 0.1)]]
+    frame = pd.DataFrame(rows)
+    assert [t for t, _ in figures._facets(frame)] == [
+        "200 pre-training steps, noise rate 0", "200 pre-training steps, noise rate 0.2",
+        "400 pre-training steps, noise rate 0", "400 pre-training steps, noise rate 0.2"]
+    caption, _, (_, table) = figures.asr_bars(frame, "keyword")
+    assert [r[3:] for r in table] == [["1", "0.400 [0.300, 0.500]"], ["1", "0.300 [0.200, 0.400]"],
+                                      ["1", "0.200 [0.100, 0.300]"], ["1", "0.100 [0.000, 0.200]"]]
+    assert "one panel per noise rate × pre-training steps" in caption and "pooled" not in caption

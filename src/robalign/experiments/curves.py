@@ -157,6 +157,15 @@ def record_cell_curves(store, sweep: str, cell: str, cell_dir: str | Path, prove
     return write_curves(store, sweep, cell, cell_series(cell_dir, provenance))
 
 
+def backfill_curves(store, sweep: str) -> dict[str, int]:
+    """``record_cell_curves`` for every done cell of ``sweep`` from its run_dir and provenance: the
+    curves of a sweep that ran before the hook, as long as its cell directories are still there.
+    Returns cell -> rows written."""
+    cells = store.cells(sweep)
+    return {r["cell"]: record_cell_curves(store, sweep, r["cell"], r["run_dir"], r["provenance"] or {})
+            for _, r in cells[cells["status"] == "done"].iterrows() if r["run_dir"]}
+
+
 def write_curves(store, sweep: str, cell: str, series: Mapping[str, Mapping[int, float]]) -> int:
     """Replace the cell's curves by ``series`` (name -> {step: value}) in one transaction. The cell
     must be in the store (claimed); NaN and inf are stored as NULL."""

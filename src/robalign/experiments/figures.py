@@ -57,13 +57,18 @@ def _figure(width: float, height: float):
 
 
 def line_panels(panels: list[tuple[str, list[dict]]], x_label: str, y_label: str, title: str,
-                groups: list[str], y_range: tuple[float, float] | None = (0.0, 1.0), dense: bool = False) -> bytes:
+                groups: list[str], y_range: tuple[float, float] | None = (0.0, 1.0), dense: bool = False,
+                ncols: int | None = None) -> bytes:
     """One panel per ``(panel title, curve rows)``: a line per group with its CI band. A group
     with a single x in a panel where the others have several (the un-aligned model, which
     ignores noise) is drawn as a dashed horizontal reference with its band. ``dense``: many x
-    (training steps): no markers, no tick per x."""
-    fig = _figure(min((6.0 if dense else 4.2) * max(1, len(panels)), 13), 3.6)
-    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    (training steps): no markers, no tick per x. ``ncols``: panels a row (default: all in one)."""
+    n = max(1, len(panels))
+    cols = min(n, ncols or n)
+    fig = _figure(min((6.0 if dense else 4.2) * cols, 13), 3.6 * math.ceil(n / cols))
+    axes = fig.subplots(math.ceil(n / cols), cols, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     palette = colors(groups)
     for ax, (panel, rows) in zip(axes, panels):
         xs_all = sorted({r["x"] for r in rows})
@@ -94,7 +99,8 @@ def line_panels(panels: list[tuple[str, list[dict]]], x_label: str, y_label: str
         if y_range:  # a little room so points on 0 or 1 stay visible
             pad = 0.03 * (y_range[1] - y_range[0])
             ax.set_ylim(y_range[0] - pad, y_range[1] + pad)
-    axes[0].set_ylabel(y_label)
+    for ax in axes[::cols]:
+        ax.set_ylabel(y_label)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -481,10 +487,32 @@ def _pooled(frame: pd.DataFrame, cells, skip: tuple) -> list[str]:
     return [c for c in analysis.param_columns(frame) if c not in skip and rows[c].nunique(dropna=True) > 1]
 
 
-def _levels(frame: pd.DataFrame, noise: str | None) -> list[tuple[str, pd.DataFrame]]:
-    if not noise:
-        return [("all cells", frame)]
-    return [(f"noise rate {v:g}", frame[frame[noise] == v]) for v in sorted(frame[noise].dropna().unique())]
+def _facets(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per noise rate × duration the sweep varies (cells of two durations are two models:
+    a CI over them would not be one over seeds), durations outer; one ("all cells", frame) otherwise."""
+    noise, duration = analysis.sweep_axes(frame)
+    out = [("", frame)]
+    for axis, word in ((duration, analysis.DURATIONS.get(duration or "")), (noise, "noise rate")):
+        if axis:
+            out = [(", ".join(t for t in (title, f"{word} {v:g}" if axis == noise else f"{v:g} {word}") if t),
+                    rows[rows[axis] == v]) for title, rows in out for v in sorted(frame[axis].dropna().unique())]
+    return [(title or "all cells", rows) for title, rows in out]
+
+
+def _noise_levels(frame: pd.DataFrame) -> int:
+    """Panels a row: one column per noise rate (a row per duration)."""
+    noise, _ = analysis.sweep_axes(frame)
+    return int(frame[noise].nunique()) if noise else 1
+
+
+def _axes_skipped(frame: pd.DataFrame) -> tuple:
+    return ("method", "seed", *(a for a in analysis.sweep_axes(frame) if a))
+
+
+def _per_panel(frame: pd.DataFrame) -> str:
+    noise, duration = analysis.sweep_axes(frame)
+    axes = [w for a, w in ((noise, "noise rate"), (duration, analysis.DURATIONS.get(duration or ""))) if a]
+    return f", one panel per {' × '.join(axes)}" if axes else ""
 
 
 def train_margins(frame: pd.DataFrame, curves: pd.DataFrame):
@@ -492,9 +520,8 @@ def train_margins(frame: pd.DataFrame, curves: pd.DataFrame):
     m = curves[curves["name"] == MARGIN_CURVE]
     if m.empty or "method" not in frame.columns:
         return None
-    noise, _ = analysis.sweep_axes(frame)
     panels, table = [], []
-    for title, at in _levels(frame, noise):
+    for title, at in _facets(frame):
         rows = []
         for g in _groups(frame):
             cells = at.loc[at["method"].astype(str) == g, "cell"]
@@ -509,27 +536,26 @@ def train_margins(frame: pd.DataFrame, curves: pd.DataFrame):
             panels.append((title, rows))
     if not panels:
         return None
-    pooled = _pooled(frame, m["cell"], ("method", "seed", noise))
+    pooled = _pooled(frame, m["cell"], _axes_skipped(frame))
     caption = ("Reward margin of the training batch at each optimizer step (rewards/margins: the batch mean of "
                "β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)], TRL's name), one line per method"
-               + (", one panel per noise rate" if noise else "") + " (the ShaPO paper's Figure 7). Band: 95% t CI over "
+               + _per_panel(frame) + " (the ShaPO paper's Figure 7). Band: 95% t CI over "
                "the cells at each step (seeds" + (f"; pooled over {', '.join(pooled)}" if pooled else "") + "); a step "
                "with one cell has no band. The table gives the last step.")
     png = line_panels(panels, "optimizer step", "reward margin", "training reward margins", _groups(frame),
-                      y_range=None, dense=True)
+                      y_range=None, dense=True, ncols=_noise_levels(frame))
     return caption, png, (["panel", "method", "cells", "last step", "cells there", "mean margin [95% CI]"], table)
 
 
 def asr_bars(frame: pd.DataFrame, harmful_judge: str | None = None):
-    """Attack success rate per method and judge, bars with CI, one panel per noise rate."""
+    """Attack success rate per method and judge, bars with CI, one panel per noise rate × duration."""
     judges = [(m.group("judge") or harmful_judge or "judge", c) for c in frame.columns
               if (m := ASR_PATTERN.match(str(c))) and frame[c].notna().any()]
     if not judges or "method" not in frame.columns:
         return None
-    noise, _ = analysis.sweep_axes(frame)
     color = {j: PALETTE[i % len(PALETTE)] for i, (j, _) in enumerate(judges)}
     panels, table = [], []
-    for title, at in _levels(frame, noise):
+    for title, at in _facets(frame):
         groups = []
         for g in _groups(frame):
             rows, bars = at[at["method"].astype(str) == g], []
@@ -544,16 +570,17 @@ def asr_bars(frame: pd.DataFrame, harmful_judge: str | None = None):
             panels.append((title, groups))
     if not panels:
         return None
-    pooled = _pooled(frame, frame["cell"], ("method", "seed", noise))
+    pooled = _pooled(frame, frame["cell"], _axes_skipped(frame))
     keyword = "keyword" in color
     caption = ("Attack success rate on the harmful requests (harmful/compliance: the share of unsafe requests the "
-               "model complied with) per method, one bar per judge" + (", one panel per noise rate" if noise else "")
+               "model complied with) per method, one bar per judge" + _per_panel(frame)
                + ". Bar: the mean over the cells (seeds" + (f"; pooled over {', '.join(pooled)}" if pooled else "")
                + "); error bar: 95% t CI over those cells, or the cell's own Wilson CI over requests where one cell "
                "stands alone." + (" With the keyword judge the rate is the share of replies without a refusal "
                "phrase, a proxy for compliance." if keyword else ""))
     png = bar_panels(panels, "attack success rate", "attack success rate on harmful requests",
-                     [(j, color[j]) for j, _ in judges] if len(judges) > 1 else [], bar_ticks=False)
+                     [(j, color[j]) for j, _ in judges] if len(judges) > 1 else [], bar_ticks=False,
+                     ncols=_noise_levels(frame))
     return caption, png, (["panel", "method", "judge", "cells", "ASR [95% CI]"], table)
 
 
@@ -585,10 +612,10 @@ def composition(frame: pd.DataFrame, recipes: dict[str, Recipe]):
     metrics = [y for y in (SAFETY, ASR) if y in frame.columns and frame[y].notna().any()]
     if not metrics or not any(f in ROBUST or f.startswith("drdpo") for f in families):
         return None
-    noise, _ = analysis.sweep_axes(frame)
+    facets = _facets(frame)
     panels, table = [], []
     for y in metrics:
-        for title, at in _levels(frame, noise):
+        for title, at in facets:
             groups = []
             for fam in families:
                 bars = []
@@ -599,16 +626,16 @@ def composition(frame: pd.DataFrame, recipes: dict[str, Recipe]):
                     diff = _shapo_minus_base(at, y, arms[fam][False][0], method) if shapo else ""
                     table.append([y, title, fam, method, "yes" if shapo else "no", str(d["n"]), _mean_text(d), diff])
                 groups.append((fam, bars))
-            panels.append((f"{y}, {title}" if noise else y, groups))
-    pooled = _pooled(frame, frame["cell"], ("method", "seed", noise))
+            panels.append((f"{y}, {title}" if len(facets) > 1 else y, groups))
+    pooled = _pooled(frame, frame["cell"], _axes_skipped(frame))
     caption = ("Composition (the ShaPO paper's Figure 4): each loss family without ShaPO (blue) and with it (orange), "
                "read from the cells' resolved train configs, for " + " and ".join(metrics) + " (attack success rate: "
                "lower is safer). Bar: the mean over the cells (seeds" + (f"; pooled over {', '.join(pooled)}" if pooled
                else "") + "); error bar: 95% t CI over them, or the cell's own CI where one cell stands alone. The "
                "table adds ShaPO − base, paired over cells matched on every other key, with the paired t CI and p.")
-    png = bar_panels(panels, "value", "composition: loss family × ShaPO",  # a row per metric, a column per noise rate
+    png = bar_panels(panels, "value", "composition: loss family × ShaPO",  # rows: metric × duration
                      [("without ShaPO", BASE_COLOR), ("with ShaPO", SHAPO_COLOR)], bar_ticks=True,
-                     ncols=len(_levels(frame, noise)))
+                     ncols=_noise_levels(frame))
     return caption, png, (["metric", "panel", "loss family", "method", "ShaPO", "cells", "mean [95% CI]",
                            "ShaPO − base (paired)"], table)
 
