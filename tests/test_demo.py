@@ -26,6 +26,11 @@ def test_demo_quick_runs_the_loop_and_resumes(tmp_path, capsys):
         status = dict(db.execute("select params, status from cells").fetchall())
     assert sorted(json.loads(p)["method"] for p in status) == ["dpo", "none"]
     assert set(status.values()) == {"done"}
+    from robalign.experiments.curves import read_curves
+    from robalign.experiments.store import Store
+
+    margins = read_curves(Store(f"sqlite:///{out / 'results.sqlite'}"), "demo-quick", ["train/rewards/margins"])
+    assert len(margins) and margins["step"].max() == 2  # the dpo cell's logged steps, recorded by the runner
 
     assert main(["demo", "--quick", "--out", str(out), *SMALL]) == 0  # everything done: nothing re-runs
     again = capsys.readouterr()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robalign.errors import UserError
+from robalign.experiments.curves import record_cell_curves
 
 if TYPE_CHECKING:
     from robalign.experiments.sweep import Cell, SweepConfig
@@ -67,6 +68,7 @@ def run_one(store, sweep: SweepConfig, cell: Cell, runner: Any, worker: str, log
 
         try:
             result = runner.run_cell(sweep, cell, cell_dir, cell_log)
+            record_cell_curves(store, sweep.name, cell.id, cell_dir, result.provenance)  # report figures 5-7
             store.finish(sweep.name, cell.id, metrics=result.metrics, run_dir=str(cell_dir),
                          provenance=result.provenance, samples=result.samples)
             return "done"
