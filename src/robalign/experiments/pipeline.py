@@ -6,16 +6,20 @@ The sweep engine (``robalign.experiments.sweep``) calls ``prepare`` once before 
 prepare    the world (``robalign world build``, ``world.overrides``) in ``world.dir`` or OUT/world;
            world lane: pre-training up to every grid ``pretrain.steps`` (pipeline_world);
            smollm2 lane: the reward models and soft-label files every cell trains on (pipeline_real);
+           ``sft.enabled``: an SFT model per base model and data (pipeline_sft); masks for cells whose
+           ``training.shapo.mask`` is ``subspace:top|bottom|random`` (pipeline_subspace);
            when the judges include ``llm``: the sweep's own LLM judge, trained on the world's judge
            examples into OUT/judge/run (world lane: from the longest checkpoint; smollm2: SmolLM2 LoRA).
            Idempotent: a second call finds everything and does nothing.
-run_cell   1. align (skipped for method ``none``): the sweep's base train config, the method's
-              overrides and the cell's dotted grid keys (``sweep.cell_train_config``), then the
-              lane's model (the world checkpoint at the cell's ``pretrain.steps``, or SmolLM2) and
-              data (the world's pairs; smollm2: their soft-labelled copy), training.seed = the
-              cell's seed -> ``train()`` into CELL/train. Then reward accuracy on the pairs the
-              model was trained on, with the labels it was trained on (the noisy ones), beside the
-              trainer's clean held-out accuracy.
+run_cell   1. align (skipped for method ``none``; method ``sft`` with an SFT stage stops at the SFT
+              model): the sweep's base train config, the method's overrides and the cell's dotted
+              grid keys (``sweep.cell_train_config``), then the model it starts from (the world
+              checkpoint at the cell's ``pretrain.steps``, or the config's model such as SmolLM2; with
+              an SFT stage the SFT model made from it, which is the reference model too) and the
+              lane's data (the world's pairs; smollm2: their soft-labelled copy), a ``subspace:`` mask
+              resolved to its directory, training.seed = the cell's seed -> ``train()`` into
+              CELL/train. Then reward accuracy on the pairs the model was trained on, with the
+              labels it was trained on (the noisy ones), beside the trainer's clean held-out accuracy.
            2. ``bench clear-bias`` on the world's CLEAR-Bias prompts, once per configured judge
               (the answers come from the response cache after the first), and Cohen's kappa
               between the first two judges on the same answers.
@@ -40,6 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from robalign.experiments.pipeline_sft import is_sft_cell, start_model
 from robalign.experiments.pipeline_world import (
     WORLD_JUDGE,
     checkpoint,
@@ -50,7 +55,7 @@ from robalign.experiments.pipeline_world import (
     world_dir,
     world_record,
 )
-from robalign.experiments.sweep import NONE_METHOD, cell_train_config, expand
+from robalign.experiments.sweep import NONE_METHOD, cell_train_config, expand, subspace_selection
 
 # Generation batch per lane: nano answers 64 prompts at once in ~0.1 s a token step on one core;
 # SmolLM2 in bf16 weights (3-7x faster than fp32 on AMX CPUs) at 16 keeps ~1 GB of activations.
@@ -70,16 +75,32 @@ def prepare(sweep, log: Callable[[str], None] = print) -> None:
     with a cell's threads (pre-training with ``pretrain.threads``): torch's default of one
     thread a core ran a nano judge step in 3.4 s on a busy 2-core machine, one thread in 0.4-1 s."""
     world = ensure_world(sweep, log)
-    base = None
+    trained = [c for c in expand(sweep) if c.params["method"] != NONE_METHOD]
     with torch_threads(max(1, int(sweep.executor.cpus_per_cell))):
         if sweep.lane == "world":
             ensure_checkpoints(sweep, world, log)
         else:
-            from robalign.experiments.pipeline_real import ensure_soft_labels
+            from robalign.experiments.pipeline_real import ensure_soft_labels, soft_label_needs
 
-            ensure_soft_labels(sweep, world, expand(sweep), log)
+            ensure_soft_labels(sweep, world, soft_label_needs(sweep, world, trained), log)
+        for cell in trained:  # SFT models, then the masks of the models they start from: once each
+            selection = None if is_sft_cell(sweep, cell) else subspace_selection(cell_train_config(sweep, cell))
+            if not sweep.sft.enabled and selection is None:
+                continue
+            start = start_model(sweep, cell, world, log).model
+            if selection is not None:
+                from robalign.experiments.pipeline_subspace import ensure_mask
+
+                ensure_mask(sweep, world, start, selection, int(cell.params["seed"]), log)
         if WORLD_JUDGE in sweep.bench.clear_bias.judges:
-            ensure_judge(sweep, world, base, log)
+            ensure_judge(sweep, world, None, log)
+
+
+def lane_base(sweep, cell, world: Path) -> str:
+    """The lane's base model: the world checkpoint at the cell's duration, or the train config's model."""
+    if sweep.lane == "world":
+        return str(checkpoint(world, cell.params.get("pretrain.steps"))[0])
+    return base_model_name(sweep, cell)
 
 
 def run_cell(sweep, cell, cell_dir: str | Path, log: Callable[[str], None] = print) -> CellResult:
@@ -97,15 +118,18 @@ def run_cell(sweep, cell, cell_dir: str | Path, log: Callable[[str], None] = pri
             metrics |= {"pretrain/steps": record["steps"], "pretrain/heldout_loss": record.get("heldout_loss"),
                         "pretrain/tokens": record.get("tokens")}
             provenance["checkpoint"] = str(base)
-        else:
-            base = None  # the train config's model (SmolLM2)
         if cell.params["method"] == NONE_METHOD:
-            model = str(base) if base is not None else base_model_name(sweep, cell)
+            model = lane_base(sweep, cell, world)
         else:
-            config = align_config(sweep, cell, base, world, cell_dir, cache_root)
-            model, train_metrics, train_provenance = align(config, cell_dir, log)
-            metrics |= train_metrics
-            provenance |= train_provenance
+            start = start_model(sweep, cell, world, log)
+            metrics |= start.metrics
+            provenance |= start.provenance
+            model = start.model
+            if not is_sft_cell(sweep, cell):
+                config = align_config(sweep, cell, start.model, world, cell_dir, cache_root, log)
+                model, train_metrics, train_provenance = align(config, cell_dir, log)
+                metrics |= train_metrics
+                provenance |= train_provenance
         if sweep.lane == "smollm2":
             from robalign.experiments.pipeline_real import soft_label_metrics
 
@@ -157,24 +181,37 @@ def cell_config(sweep, cell):
     return config
 
 
-def align_config(sweep, cell, base: Path | None, world: Path, cell_dir: Path, cache_root: Path):
-    """The cell's resolved TrainConfig (module doc); the lane decides model and data."""
+def align_config(sweep, cell, start: str, world: Path, cell_dir: Path, cache_root: Path,
+                 log: Callable[[str], None] = print):
+    """The cell's resolved TrainConfig (module doc): the model it starts from (``start_model``), the
+    lane's data, and a ``subspace:`` mask replaced by the directory the subspace stage made."""
     from robalign.config import validate_train_config
+    from robalign.experiments.pipeline_real import cell_beta_r
 
     config = cell_config(sweep, cell)
     config.output_dir = str(cell_dir / "train")
     config.cache_dir = config.cache_dir or str(cache_root)
     config.training.save_model = True  # the benchmarks load CELL/train/model
-    if sweep.lane == "world":
-        config.model.name_or_path = str(base)
-        config.data.train, config.data.eval = str(world / "pairs" / "train.jsonl"), str(world / "pairs" / "eval.jsonl")
-    else:
-        from robalign.experiments.pipeline_real import soft_label_files
+    config.model.name_or_path = str(start)
+    config.data.train, config.data.eval = lane_data(sweep, world, config, cell_beta_r(sweep, cell))
+    selection = subspace_selection(config)
+    if selection is not None:
+        from robalign.experiments.pipeline_subspace import ensure_mask
 
-        files = soft_label_files(sweep, world, config)
-        config.data.train, config.data.eval = str(files.train), str(files.eval)
+        config.training.shapo.mask = str(ensure_mask(sweep, world, start, selection, int(cell.params["seed"]), log))
     validate_train_config(config)
     return config
+
+
+def lane_data(sweep, world: Path, config, beta_r: float) -> tuple[str, str]:
+    """(train, eval) files of a run: the world's pairs, or (smollm2 lane) the soft-label files its
+    noise setting and β_r pick (losses other than soft read their pairs and ignore q)."""
+    if sweep.lane == "world":
+        return str(world / "pairs" / "train.jsonl"), str(world / "pairs" / "eval.jsonl")
+    from robalign.experiments.pipeline_real import soft_label_files
+
+    files = soft_label_files(sweep, world, config, beta_r)
+    return str(files.train), str(files.eval)
 
 
 def align(config, cell_dir: Path, log: Callable[[str], None]) -> tuple[str, dict[str, Any], dict[str, Any]]:

@@ -1,7 +1,11 @@
 """The smollm2 lane's shared stage: soft labels for the world's preference pairs.
 
-The smollm2 lane trains SmolLM2-135M-Instruct with the soft-label loss (``soft``: cDPO with a
-per-pair ε = 1 − q) on the world's pairs; its duration axis is ``training.max_steps``. The soft
+The smollm2 lane (the real-model lane: SmolLM2-135M-Instruct by default, any hub model the train
+config names, e.g. the ShaPO paper's Pythia-2.8B on a GPU) trains with the soft-label loss (``soft``:
+cDPO with a per-pair ε = 1 − q) on the world's pairs; its duration axis is ``training.max_steps``.
+A cell with another loss (dpo, ipo, cdpo, rdpo, Dr.DPO, an sft mix) trains on the same file's
+pairs and ignores q, so its label noise must be the trainer's ``flip`` (``validate_sweep`` says so);
+the SFT stage reads the clean file's chosen responses. The soft
 labels come from where ShaPO's reward-level variant takes them (docs/methods.md, "Reward-level
 ShaPO"): a Bradley–Terry reward model trained on the world's training pairs, and
 q = σ(β_r·Δr/std(Δr)) for every pair it scores (standardised margins, so β_r means the same for
@@ -24,7 +28,9 @@ models train on a seeded sample of ``reward_pairs`` of the world's training pair
 on a seeded sample of the world's training pairs, as many as the longest cell reaches
 (max_steps × batch), and is evaluated on a seeded sample of the held-out prompts' pairs, scored
 by the clean reward model (never noised). Every file is written once into OUT/soft_labels by
-``prepare``; the reward models into OUT/soft_labels/reward/.
+``prepare``; the reward models into OUT/soft_labels/reward/. β_r (``soft_labels.beta_r``, a grid
+axis) changes q but not the pairs or the reward models: a β_r other than 1 gets its own files
+(``train-clean-b10.jsonl``, ``eval-b10.jsonl``) from the same reward model's margins.
 """
 
 from __future__ import annotations
@@ -36,12 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from robalign.errors import UserError
-
 
 @dataclass(frozen=True)
-class SoftLabelSettings:
-    beta_r: float = 1.0  # q = σ(β_r·Δr/std(Δr)): a pair one std of the margins apart gets q = 0.73
+class SoftLabelSettings:  # β_r is the sweep's (soft_labels.beta_r, default 1: one std of margin apart gives q = 0.73)
     reward_epochs: int = 1
     reward_batch_size: int = 16
     reward_lr: float = 5e-4  # nano from scratch; docs/methods.md measured 5e-4 for one epoch
@@ -71,9 +74,16 @@ def _tag(value: float) -> str:
     return f"{value:g}"
 
 
-def soft_label_files(sweep, world: Path, config) -> SoftLabelFiles:
-    """Where the cell's training file, the eval file and its reward model are (module doc)."""
+def cell_beta_r(sweep, cell) -> float:
+    """The cell's β_r: its grid value ``soft_labels.beta_r``, else the sweep's ``soft_labels.beta_r``."""
+    return float(cell.params.get("soft_labels.beta_r", sweep.soft_labels.beta_r))
+
+
+def soft_label_files(sweep, world: Path, config, beta_r: float | None = None) -> SoftLabelFiles:
+    """Where the cell's training file, the eval file and its reward model are (module doc). A β_r
+    other than 1 (``beta_r``, default the sweep's) gets files of its own (``-b10``)."""
     d, root = config.data, root_dir(sweep)
+    beta_r = sweep.soft_labels.beta_r if beta_r is None else beta_r
     noisy = d.noise_rate > 0 and d.noise_mode != "flip"
     if d.noise_mode == "reward_labels" and noisy:
         reward = root / "reward" / f"labels-r{_tag(d.noise_rate)}-s{d.noise_seed}"
@@ -82,25 +92,37 @@ def soft_label_files(sweep, world: Path, config) -> SoftLabelFiles:
     name = "clean" if not noisy else f"{d.noise_mode}-r{_tag(d.noise_rate)}-s{d.noise_seed}"
     if noisy and d.noise_mode == "margin_gaussian":
         name += f"-sd{_tag(d.noise_std)}"
-    return SoftLabelFiles(root / f"train-{name}.jsonl", root / "eval.jsonl", reward)
+    b = "" if beta_r == 1.0 else f"-b{_tag(beta_r)}"
+    return SoftLabelFiles(root / f"train-{name}{b}.jsonl", root / f"eval{b}.jsonl", reward)
 
 
-def ensure_soft_labels(sweep, world: Path, cells, log: Callable[[str], None] = print) -> None:
-    """Every reward model and soft-label file the sweep's cells train on (module doc)."""
+def soft_label_needs(sweep, world: Path, cells) -> list[tuple[Any, float]]:
+    """smollm2 lane: the (train config, β_r) of every file the cells' preference and SFT stages read."""
+    from robalign.experiments.pipeline import base_model_name, cell_config
+    from robalign.experiments.pipeline_sft import is_sft_cell, sft_config
+
+    needs = []
+    for cell in cells:
+        beta_r = cell_beta_r(sweep, cell)
+        if not is_sft_cell(sweep, cell):
+            needs.append((cell_config(sweep, cell), beta_r))
+        if sweep.sft.enabled:
+            needs.append((sft_config(sweep, cell, base_model_name(sweep, cell), world), beta_r))
+    return needs
+
+
+def ensure_soft_labels(sweep, world: Path, wanted: list[tuple[Any, float]],
+                       log: Callable[[str], None] = print) -> None:
+    """Every reward model and soft-label file that the (train config, β_r) pairs in ``wanted``
+    read: the preference cells and the SFT runs of the sweep (module doc)."""
     from robalign.data.preference import load_pairs
-    from robalign.experiments.pipeline import cell_config
-    from robalign.experiments.sweep import NONE_METHOD
 
-    configs = [cell_config(sweep, c) for c in cells if c.params["method"] != NONE_METHOD]
-    if not configs:
+    if not wanted:
         return
-    for config in configs:
-        if "soft" not in config.loss.losses:
-            raise UserError(f"{sweep.source}: the smollm2 lane trains on soft labels; give loss.losses={{soft: 1.0}} "
-                            "in the train config (e.g. configs/train/soft_smollm2_world.yaml)")
-    wanted = {soft_label_files(sweep, world, c): c for c in configs}
-    if all(f.train.is_file() and f.eval.is_file() for f in wanted):
+    files = {soft_label_files(sweep, world, c, b): (c, b) for c, b in wanted}
+    if all(f.train.is_file() and f.eval.is_file() for f in files):
         return
+    configs = [c for c, _ in wanted]
     all_train = load_pairs(str(world / "pairs" / "train.jsonl"))
     size = max(c.training.max_steps * c.training.per_device_batch_size * c.training.gradient_accumulation_steps
                if c.training.max_steps else len(all_train) for c in configs)
@@ -111,14 +133,14 @@ def ensure_soft_labels(sweep, world: Path, cells, log: Callable[[str], None] = p
     all_eval = load_pairs(str(world / "pairs" / "eval.jsonl"))
     eval_pairs = [all_eval[i] for i in sorted(rng.sample(range(len(all_eval)), min(SETTINGS.eval_pairs,
                                                                                       len(all_eval))))]
-    for files, config in wanted.items():
-        if files.train.is_file() and files.eval.is_file():
+    for cell_files, (config, beta_r) in files.items():
+        if cell_files.train.is_file() and cell_files.eval.is_file():
             continue
         d = config.data
-        reward = ensure_reward_model(world, files.reward_model, reward_train, eval_pairs,
+        reward = ensure_reward_model(world, cell_files.reward_model, reward_train, eval_pairs,
                                      d.noise_rate if d.noise_mode == "reward_labels" else 0.0, d.noise_seed, log)
         clean = root_dir(sweep) / "reward" / "clean"
-        write_soft_labels(files, reward, clean, train, eval_pairs, d, log)
+        write_soft_labels(cell_files, reward, clean, train, eval_pairs, d, beta_r, log)
 
 
 def ensure_reward_model(world: Path, out: Path, pairs, held_out, noise_rate: float, noise_seed: int, log) -> Path:
@@ -169,9 +191,10 @@ def ensure_reward_model(world: Path, out: Path, pairs, held_out, noise_rate: flo
     return out
 
 
-def write_soft_labels(files: SoftLabelFiles, reward_dir: Path, clean_dir: Path, train, eval_pairs, data, log) -> None:
+def write_soft_labels(files: SoftLabelFiles, reward_dir: Path, clean_dir: Path, train, eval_pairs, data,
+                      beta_r: float, log) -> None:
     """Score ``train`` with the cell's reward model (noise per ``data``) and ``eval_pairs`` with the
-    clean one; write both files (the eval file once, shared by every cell)."""
+    clean one, q = σ(β_r·Δr/std(Δr)); write both files (the eval file once per β_r, shared by the cells)."""
     import torch
 
     from robalign.training.reward import (
@@ -190,13 +213,12 @@ def write_soft_labels(files: SoftLabelFiles, reward_dir: Path, clean_dir: Path, 
     # each file standardised by its own reward model's margins (a noisy reward model has its own scale)
     train_margins = margins(reward_dir, train)
     mode = data.noise_mode if data.noise_mode in ("soft_flip", "margin_gaussian") and data.noise_rate else None
-    labels = noisy_soft_labels(train_margins, SETTINGS.beta_r, True, mode, data.noise_rate, data.noise_seed,
-                               data.noise_std)
+    labels = noisy_soft_labels(train_margins, beta_r, True, mode, data.noise_rate, data.noise_seed, data.noise_std)
     q, noised = labels.soft_labels.tolist(), set(labels.noised)
     _write_pairs(files.train, train, q, train_margins.tolist(), noised)
     if not files.eval.is_file():
         eval_margins = margins(clean_dir, eval_pairs)
-        _write_pairs(files.eval, eval_pairs, soft_labels(eval_margins, SETTINGS.beta_r, True).tolist(),
+        _write_pairs(files.eval, eval_pairs, soft_labels(eval_margins, beta_r, True).tolist(),
                      eval_margins.tolist(), set())
     log(f"soft labels {files.train.name}: {len(train)} pairs, mean q {sum(q) / len(q):.3f}, "
         f"{len(noised)} noised")
@@ -217,10 +239,14 @@ def soft_label_metrics(sweep, world: Path, cell) -> dict[str, Any]:
     """What the cell's soft labels were: their mean, the share that prefer the chosen response,
     and the reward model's held-out ranking accuracy (clean labels)."""
     from robalign.experiments.pipeline import cell_config
+    from robalign.experiments.sweep import NONE_METHOD, SFT_METHOD
 
-    if cell.params["method"] == "none":
+    if cell.params["method"] in (NONE_METHOD, SFT_METHOD):
         return {}
-    files = soft_label_files(sweep, world, cell_config(sweep, cell))
+    config = cell_config(sweep, cell)
+    if "soft" not in config.loss.losses:  # dpo, ipo, ... read the pairs of the clean file, not q
+        return {}
+    files = soft_label_files(sweep, world, config, cell_beta_r(sweep, cell))
     q = [json.loads(line)["soft_label"] for line in files.train.read_text(encoding="utf-8").splitlines()]
     info = json.loads((files.reward_model / "robalign_reward.json").read_text(encoding="utf-8"))
     return {"soft_labels/mean": sum(q) / len(q), "soft_labels/prefer_chosen": sum(x > 0.5 for x in q) / len(q),

@@ -51,7 +51,14 @@ from robalign.shipped_configs import resolve_config
 LANES = ("world", "smollm2")  # world: tiny models, duration = pretrain.steps; smollm2: duration = training.max_steps
 EXECUTORS = ("local", "ray")
 NONE_METHOD = "none"  # reserved: the base model benchmarked as it is, no alignment
+SFT_METHOD = "sft"  # reserved while sft.enabled: the SFT stage's model benchmarked, no preference stage
 CELL_KEYS = ("method", "seed")  # params every cell has (seed defaults to [0], method to every method)
+# grid keys that are the sweep's own, not the train config's: key -> the lane that has it
+SWEEP_GRID_KEYS = {"pretrain.steps": "world", "soft_labels.beta_r": "smollm2"}
+# training.shapo.mask=subspace:top|bottom|random: the mask the sweep's subspace stage makes for the
+# cell's starting model (pipeline_subspace); any other value is a directory or `uniform`
+SUBSPACE_MASK = "subspace:"
+SUBSPACE_SELECTIONS = ("top", "bottom", "random")
 DEFAULT_RUNNER = "robalign.experiments.pipeline"
 ID_HEX = 12  # 48 bits: a collision among 10^4 cells has probability ~2e-7
 
@@ -99,6 +106,43 @@ class BenchSection:
 
 
 @dataclass
+class SftSection:
+    """The SFT stage (pipeline_sft): the cell's starting model trained with the ``sft`` loss on the
+    chosen responses of the lane's training pairs, once per (base model, data, these settings); the
+    preference stage starts from it and uses it as its reference model."""
+
+    enabled: bool = False
+    steps: int | None = None  # optimizer steps; None = as the base train config says (max_steps, else num_epochs)
+    seed: int = 0  # the SFT run's training.seed: one SFT model for every seed of the grid
+    # False: the chosen responses as the data has them (the official ShaPO SFT command sets no noise), one
+    # SFT model for every noise level; True: as the cell's label noise leaves them (one per rate and seed)
+    noisy: bool = False
+    overrides: list[str] = field(default_factory=list)  # dotted train overrides of the SFT run alone
+
+
+@dataclass
+class SubspaceSection:
+    """ShaPO's probe and masks (pipeline_subspace), made for every cell whose
+    ``training.shapo.mask`` is ``subspace:top``, ``subspace:bottom`` or ``subspace:random``."""
+
+    fraction: float = 0.01  # K = fraction * layers * d_ff neurons (official recipe: 1 %)
+    probe_pairs: int = 512  # seeded sample of the lane's training pairs the probe reads (harmless requests left out)
+    estimator: str = "lbfgs"  # lbfgs | adam (robalign probe --estimator)
+    max_length: int = 256  # tokens per probe text (long texts keep their end)
+    seed: int = 0  # the probe's pair sample and prompt split; random masks use the cell's seed
+
+
+@dataclass
+class SoftLabelsSection:  # smollm2 lane
+    beta_r: float = 1.0  # q = sigmoid(beta_r * dr / std(dr)); a grid axis as soft_labels.beta_r
+
+
+# sections added after sweeps were first stored: left out of to_dict() at their defaults, so a stored
+# sweep that predates them still compares equal
+LATER_SECTIONS = {"sft": SftSection, "subspace": SubspaceSection, "soft_labels": SoftLabelsSection}
+
+
+@dataclass
 class ExecutorSection:
     kind: str = "local"  # local (in this process, one cell at a time) | ray
     workers: int = 1  # ray: cells at once on a local instance (its num_cpus = workers * cpus_per_cell)
@@ -119,6 +163,9 @@ class SweepConfig:
     skip: list[str] = field(default_factory=list)  # rules like "method=none and data.noise_rate>0"
     bench: BenchSection = field(default_factory=BenchSection)
     executor: ExecutorSection = field(default_factory=ExecutorSection)
+    sft: SftSection = field(default_factory=SftSection)
+    subspace: SubspaceSection = field(default_factory=SubspaceSection)
+    soft_labels: SoftLabelsSection = field(default_factory=SoftLabelsSection)
     store: str | None = None  # SQLAlchemy URL; None = sqlite:///OUT/results.sqlite
     source: ClassVar[str] = "<defaults>"  # the file it came from: set per instance, not a YAML key or stored
 
@@ -127,8 +174,12 @@ class SweepConfig:
         return Path(self.out or f"runs/sweeps/{self.name}")
 
     def to_dict(self) -> dict:
-        """What the store keeps, and compares on a re-run."""
-        return dataclasses.asdict(self)
+        """What the store keeps, and compares on a re-run (LATER_SECTIONS only when not at defaults)."""
+        data = dataclasses.asdict(self)
+        for key, section in LATER_SECTIONS.items():
+            if data[key] == dataclasses.asdict(section()):
+                del data[key]
+        return data
 
 
 @dataclass(frozen=True)
@@ -228,24 +279,34 @@ def validate_sweep(sweep: SweepConfig) -> None:
     if NONE_METHOD in sweep.methods:
         fail(f"methods.{NONE_METHOD}", "'none' is reserved for the un-aligned model (no training); "
              "use it in grid.method without defining it, and give your method another name")
+    if sweep.sft.enabled and SFT_METHOD in sweep.methods:
+        fail(f"methods.{SFT_METHOD}", "'sft' is reserved while sft.enabled is true (the SFT stage's model, no "
+             "preference stage); use it in grid.method without defining it, and give your method another name")
     fields = train_fields()
     for name, method in sweep.methods.items():
         for key in method:
             if not _train_key(key, fields):
                 fail(f"methods.{name}.{key}", f"not a train config key.{_suggest(key, fields)}")
-    allowed = {*CELL_KEYS, *(["pretrain.steps"] if sweep.lane == "world" else [])}
+    allowed = {*CELL_KEYS, *(k for k, lane in SWEEP_GRID_KEYS.items() if lane == sweep.lane)}
     for key, values in sweep.grid.items():
         if key not in allowed and not _train_key(key, fields):
-            where = "" if sweep.lane == "world" or key != "pretrain.steps" else " (pretrain.steps is world-lane only; " \
-                "smollm2's duration is training.max_steps)"
+            where = {"pretrain.steps": " (pretrain.steps is world-lane only; smollm2's duration is training.max_steps)",
+                     "soft_labels.beta_r": " (soft_labels.beta_r is smollm2-lane only: the world lane's pairs "
+                                           "carry no soft labels)"}.get(key, "")
             fail(f"grid.{key}", f"not a grid key{where}.{_suggest(key, [*allowed, *fields])} Grid keys: "
-                 "method, seed, pretrain.steps (world lane) and any dotted train config key")
+                 "method, seed, pretrain.steps (world lane), soft_labels.beta_r (smollm2 lane) and any dotted "
+                 "train config key")
         if not values:
             fail(f"grid.{key}", "the list is empty (every cell needs a value)")
     for method in sweep.grid.get("method", []):
+        if method == SFT_METHOD and sweep.sft.enabled:
+            continue
         if method != NONE_METHOD and method not in sweep.methods:
+            hint = " or turn the SFT stage on (sft: {enabled: true})" if method == SFT_METHOD else ""
             fail("grid.method", f"unknown method '{method}'.{_suggest(str(method), sweep.methods)} "
-                 f"Define it under methods: (known: {', '.join(sweep.methods) or 'none'}; 'none' = no training)")
+                 f"Define it under methods:{hint} (known: {', '.join(sweep.methods) or 'none'}; 'none' = no "
+                 "training)")
+    _validate_stages(sweep, fail)
     if "method" not in sweep.grid and not sweep.methods:
         fail("methods", "no methods and no grid.method: name at least one method (e.g. dpo: {})")
     for i, rule in enumerate(sweep.skip):
@@ -259,14 +320,65 @@ def validate_sweep(sweep: SweepConfig) -> None:
         for value in sweep.grid.get(key, []):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 fail(f"grid.{key}", f"values must be whole numbers >= 0, got {value!r}")
+    for value in sweep.grid.get("soft_labels.beta_r", []):
+        if not _positive(value):
+            fail("grid.soft_labels.beta_r", f"values must be finite numbers > 0, got {value!r}")
     cells = expand(sweep)  # coerces every value to its field type, evaluates every skip rule
     if not cells:
         fail("skip", "the rules drop every cell of the grid")
     for cell in cells:
+        _validate_cell(sweep, cell, fail)
+
+
+def _validate_cell(sweep: SweepConfig, cell: Cell, fail: Callable[[str, str], None]) -> None:
+    """The cell's train config, its label noise on the smollm2 lane, and a ``subspace:`` mask."""
+    try:
+        config = cell_train_config(sweep, cell)
+        validate_train_config(config)
+    except ConfigError as exc:
+        fail("grid", f"cell {cell.label}: {exc}")
+    trains = cell.params["method"] != NONE_METHOD and not (sweep.sft.enabled and cell.params["method"] == SFT_METHOD)
+    d = config.data
+    if trains and sweep.lane == "smollm2" and "soft" not in config.loss.losses and d.noise_rate > 0 \
+            and d.noise_mode != "flip":  # the soft-label files carry that noise in q, which only `soft` reads
+        fail("grid", f"cell {cell.label}: data.noise_mode={d.noise_mode} acts on the soft labels q, which loss "
+             f"{', '.join(config.loss.losses)} never reads, so the cell would train on clean pairs; use "
+             "data.noise_mode=flip for it (e.g. in the method's overrides)")
+    selection = subspace_selection(config)
+    if selection is not None and selection not in SUBSPACE_SELECTIONS:
+        fail("grid", f"cell {cell.label}: training.shapo.mask={config.training.shapo.mask}: the sweep's subspace "
+             f"stage makes {', '.join(SUBSPACE_MASK + s for s in SUBSPACE_SELECTIONS)} (or give a mask "
+             "directory, or uniform)")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _validate_stages(sweep: SweepConfig, fail: Callable[[str, str], None]) -> None:
+    """The SFT, subspace and soft-label sections (their values; the runs are checked when they start)."""
+    if sweep.sft.steps is not None and sweep.sft.steps < 1:
+        fail("sft.steps", f"must be >= 1 or null (as the train config says), got {sweep.sft.steps}")
+    if sweep.sft.enabled:
         try:
-            validate_train_config(cell_train_config(sweep, cell))
+            load_config(TrainConfig, _resolve(sweep.train.config, "train"), [*sweep.train.overrides,
+                                                                             *sweep.sft.overrides])
         except ConfigError as exc:
-            fail("grid", f"cell {cell.label}: {exc}")
+            fail("sft.overrides", str(exc))
+    if not 0 < sweep.subspace.fraction <= 1:
+        fail("subspace.fraction", f"must lie in (0, 1], got {sweep.subspace.fraction} (the official recipe: 0.01)")
+    if sweep.subspace.probe_pairs < 2 or sweep.subspace.max_length < 8:
+        fail("subspace", "probe_pairs must be >= 2 and max_length >= 8")
+    if not _positive(sweep.soft_labels.beta_r):
+        fail("soft_labels.beta_r", f"must be a finite number > 0, got {sweep.soft_labels.beta_r}")
+
+
+def subspace_selection(config: TrainConfig) -> str | None:
+    """``top`` for a ShaPO config whose mask is ``subspace:top``; None for a directory, uniform, or no ShaPO."""
+    mask = config.training.shapo.mask
+    if not config.training.shapo.enabled or not mask.startswith(SUBSPACE_MASK):
+        return None
+    return mask[len(SUBSPACE_MASK):]
 
 
 def _suggest(key: str, known) -> str:
@@ -337,7 +449,9 @@ def _grid(sweep: SweepConfig) -> dict[str, list]:
 
 def _coerce(key: str, value: Any) -> Any:
     """A train-config grid value as the field's type (``0`` -> ``0.0`` for a float field)."""
-    if key in ("method", "seed", "pretrain.steps"):
+    if key == "soft_labels.beta_r" and _positive(value):
+        return float(value)
+    if key in (*CELL_KEYS, *SWEEP_GRID_KEYS):
         return value
     config = load_config(TrainConfig, None, [_as_override(key, value)])
     node: Any = config
@@ -377,9 +491,9 @@ def expand(sweep: SweepConfig) -> list[Cell]:
 
 def cell_train_config(sweep: SweepConfig, cell: Cell) -> TrainConfig:
     """The cell's TrainConfig: the base file, train.overrides, the method's overrides, then the
-    cell's train-config grid values. method, seed and pretrain.steps are the runner's to apply."""
+    cell's train-config grid values. method, seed and SWEEP_GRID_KEYS are the runner's to apply."""
     method = sweep.methods.get(cell.params["method"], {})
-    grid = [_as_override(k, v) for k, v in cell.params.items() if k not in (*CELL_KEYS, "pretrain.steps")]
+    grid = [_as_override(k, v) for k, v in cell.params.items() if k not in (*CELL_KEYS, *SWEEP_GRID_KEYS)]
     return load_config(TrainConfig, _resolve(sweep.train.config, "train"), [*sweep.train.overrides, *(_as_override(k, v) for k, v in method.items()),
                                            *grid])
 
