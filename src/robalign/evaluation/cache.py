@@ -30,6 +30,7 @@ from pathlib import Path
 from robalign.evaluation.backends import Backend, GenerationRequest, GenerationResponse, OnResponse
 from robalign.evaluation.labels import STATUS_ANSWERED, STATUS_FAILED
 from robalign.paths import cache_dir
+from robalign.sqlite_wal import switch_to_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -97,7 +98,7 @@ class ResponseCache:
         )
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(self._conn, busy_timeout_s)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(SCHEMA)
 

@@ -28,7 +28,7 @@ and every write transaction opens with ``BEGIN IMMEDIATE``: a writer takes the l
 waits up to ``BUSY_TIMEOUT_S`` for it, instead of starting as a reader and failing at once with
 "database is locked" when it tries to upgrade. Switching a new file to WAL is the one upgrade that
 cannot be avoided (its header is read, then rewritten) and that busy_timeout does not cover when
-two connections switch it together: it is retried (``_switch_to_wal``). Threads and processes can
+two connections switch it together: it is retried (``robalign.sqlite_wal.switch_to_wal``). Threads and processes can
 share one file, new or not.
 
 Secrets. ``url`` keeps the password (it is needed to connect); ``str(store)``, every error and
@@ -44,7 +44,6 @@ import json
 import math
 import os
 import re
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +54,7 @@ import sqlalchemy as sa
 
 from robalign.errors import UserError
 from robalign.evaluation.specs import REDACTED, is_secret_option, redact_url
+from robalign.sqlite_wal import switch_to_wal
 
 DEFAULT_URL = "sqlite:///runs/results.sqlite"
 SCHEMA_VERSION = 1
@@ -471,36 +471,10 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None  # the driver's implicit BEGIN off: _sqlite_begin issues it
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-    _switch_to_wal(cursor)
+    switch_to_wal(cursor, BUSY_TIMEOUT_S)
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
-
-
-def _switch_to_wal(cursor) -> None:
-    """``PRAGMA journal_mode = WAL``, retried while another connection switches the same new file.
-
-    WAL mode is stored in the file, so only a store's first connection really switches: it reads the
-    header (shared lock) and rewrites it (write lock). A second connection doing the same at that
-    moment holds the shared lock and asks for the write lock the first one holds; SQLite then fails
-    it at once with "database is locked" without calling the busy handler (waiting there could
-    deadlock), so busy_timeout does not cover it: 11 of 1,800 opens failed so when 6 processes opened
-    new stores within 10 ms of each other on 2 busy cores. Once the other connection has switched the
-    file, the retry is a no-op; the retries stop after ``BUSY_TIMEOUT_S`` like any other lock wait.
-    """
-    import sqlite3
-
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    delay = 0.002  # doubling to 0.1 s: the switch itself takes about a millisecond
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(2 * delay, 0.1)
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from robalign.data.tokenize import TokenizedPair, collate_pairs, tokens_fingerprint
 from robalign.paths import cache_dir
+from robalign.sqlite_wal import switch_to_wal
 from robalign.training.logprobs import pair_logps
 
 STORE_FILE = "sequences.sqlite"
@@ -96,7 +97,7 @@ class SequenceStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit; put_many opens one explicit transaction per call
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(self._conn, busy_timeout_s)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(SCHEMA)
 
