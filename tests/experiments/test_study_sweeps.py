@@ -65,7 +65,7 @@ def study(tmp_path_factory):
 
 def cell(sweep, method: str, noise: float = 0.0, mask: str = "uniform", seed: int = 0):
     want = {"method": method, "data.noise_rate": noise, "training.shapo.mask": mask, "seed": seed}
-    return next(c for c in expand(sweep) if all(c.params[k] == v for k, v in want.items()))
+    return next(c for c in expand(sweep) if all(c.params.get(k, v) == v for k, v in want.items()))
 
 
 def run(sweep, method: str, **params):
@@ -356,3 +356,37 @@ def test_noise_a_loss_never_reads_is_refused_on_the_smollm2_lane(tmp_path):
     config["grid"]["soft_labels.beta_r"] = [0]
     with pytest.raises(ConfigError, match="soft_labels.beta_r: values must be finite numbers > 0"):
         load(tmp_path, config)
+
+
+@pytest.mark.slow
+def test_smollm2_lane_sft_then_shapo_on_the_probe_mask(tmp_path, smollm2):
+    """The real lane end to end at its smallest: SmolLM2 SFT (1 step), a probe of the SFT model, its
+    Top-0.1 % mask (round(0.001 x 30 layers x 1,536) = 46 neurons), one DPO + ShaPO step from the SFT
+    model on that mask, then both benchmarks."""
+    config = smollm2_study(tmp_path)
+    config["train"]["overrides"] = ["training.max_steps=1", "training.per_device_batch_size=2",
+                                    "training.gradient_accumulation_steps=1", "training.save_steps=0"]
+    config["sft"] = {"enabled": True, "steps": 1}
+    config["subspace"] = {"fraction": 0.001, "probe_pairs": 32, "max_length": 128}
+    config["methods"] = {"dpo_shapo": {"loss.losses": {"dpo": 1.0}, "training.shapo.enabled": True,
+                                       "training.shapo.mask": "subspace:top"}}
+    config["grid"] = {"method": ["sft", "dpo_shapo"], "data.noise_rate": [0.0]}
+    config["bench"] = {"clear_bias": {"judges": ["rule"], "max_new_tokens": 8, "attacks": ["prefix_injection:v1"]},
+                       "harmful": {"judge": "keyword", "max_new_tokens": 8}}
+    sweep = load(tmp_path, config)
+    messages: list[str] = []
+    pipeline.prepare(sweep, messages.append)
+    assert [m.split()[0] for m in messages if m.split()[0] in ("sft", "probe", "subspace")] == \
+        ["sft", "probe", "subspace"]
+    model = sft_dir(sweep) / "model"
+    (root,) = (sweep.out_dir / "subspace").iterdir()
+    mask = json.loads((root / "top-f0.001" / "mask.json").read_text())
+    assert (mask["k"], mask["layers"], mask["model"]) == (46, 30, str(model))
+    result, _ = run(sweep, "dpo_shapo")
+    assert result.provenance["train_config"]["model"]["name_or_path"] == str(model)
+    info = json.loads(Path(result.provenance["train_run"]).read_text())
+    assert info["shapo_mask"]["mask_params"] == 46 * 576  # a down-projection column: hidden size 576
+    assert info["model_fingerprint"] == model_fingerprint(str(model))
+    assert result.metrics["train/steps"] == 1 and result.metrics["sft/steps"] == 1
+    sft_cell, _ = run(sweep, "sft")
+    assert sft_cell.provenance["model"] == str(model) and "harmful/compliance" in sft_cell.metrics

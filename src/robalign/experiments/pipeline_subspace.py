@@ -95,8 +95,11 @@ def ensure_probe(sweep, world: Path, model: str, log: Callable[[str], None] = pr
     pairs = [pairs[i] for i in sorted(random.Random(f"{s.seed}:probe pairs").sample(range(len(pairs)),
                                                                                      min(s.probe_pairs, len(pairs))))]
     base = load_config(TrainConfig, _resolve(sweep.train.config, "train"), sweep.train.overrides)
+    import torch
+
     tokenizer = load_tokenizer(str(model))
-    network = load_causal_lm(str(model), dtype="float32")
+    # on a GPU when there is one, as `robalign probe` does (a 3B model's features on a CPU take hours)
+    network = load_causal_lm(str(model), dtype="float32").to("cuda" if torch.cuda.is_available() else "cpu")
     prompt_format = resolve_format(base.data.prompt_format, tokenizer)
     data = probe_examples(pairs, tokenizer, prompt_format=prompt_format)
     result = train_probe(network, tokenizer, data, PROBE_EVAL_FRACTION, s.seed, PROBE_BATCH, s.max_length,

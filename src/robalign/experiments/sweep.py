@@ -9,6 +9,13 @@ SHA-256 of the canonical JSON (sorted keys) of the sweep name and the cell's par
 does not depend on the order of keys in the YAML, and values are coerced to TrainConfig's
 field types first (``0`` and ``0.0`` are one noise rate, one cell).
 
+Beside ``grid`` and ``methods`` a sweep may turn on the stages of the ShaPO study
+(docs/experiments.md, "The ShaPO study"): ``sft`` (an SFT model every trained cell starts from;
+method ``sft`` is then reserved for it), ``subspace`` (the probe and masks that
+``training.shapo.mask=subspace:top|bottom|random`` names) and ``soft_labels`` (β_r, also a
+smollm2-lane grid axis ``soft_labels.beta_r``). Left at their defaults they are not stored, so a
+sweep recorded before they existed compares equal on a re-run.
+
 ``run_sweep`` is the loop: record the sweep in the store (its config, git hash and
 versions), let the runner prepare what every cell shares (world, pre-training), then for
 each cell not yet done: claim it in the store, run it in ``OUT/cells/<id>/``, and write its
