@@ -3,6 +3,9 @@
 The kind of config is told by its top-level keys: a ``judges:`` list is a judge-candidate
 file (``robalign judge select``), ``grid`` / ``methods`` / ``lane`` a sweep, world keys a world
 config; anything else is a training config. Names of shipped configs work as well as paths.
+Validation loads no model, tokenizer or data and touches no network: a hub id such as
+``EleutherAI/pythia-2.8b`` is checked as a string, so a GPU recipe validates on a machine
+without its weights (tests/experiments/test_study_sweeps.py runs it with sockets refused).
 """
 
 from __future__ import annotations

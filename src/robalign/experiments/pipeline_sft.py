@@ -72,9 +72,10 @@ def sft_root(sweep) -> Path:
 
 
 def sft_config(sweep, cell, base_model: str, world: Path):
-    """The SFT run's resolved TrainConfig for ``cell`` (module doc); output_dir is set by ``sft_key``'s caller."""
+    """The SFT run's resolved TrainConfig for ``cell`` (module doc); ``ensure_sft`` sets its output_dir."""
     from robalign.config import TrainConfig, load_config
     from robalign.experiments.pipeline import cell_config, lane_data, sweep_cache
+    from robalign.experiments.pipeline_real import cell_beta_r
     from robalign.experiments.sweep import _as_override, _resolve
 
     s = sweep.sft
@@ -90,8 +91,6 @@ def sft_config(sweep, cell, base_model: str, world: Path):
         overrides.append("data.noise_rate=0.0")
     config = load_config(TrainConfig, _resolve(sweep.train.config, "train"), [*overrides, *s.overrides])
     config.model.name_or_path = str(base_model)
-    from robalign.experiments.pipeline_real import cell_beta_r
-
     config.data.train, config.data.eval = lane_data(sweep, world, config, cell_beta_r(sweep, cell))
     config.cache_dir = config.cache_dir or str(sweep_cache(sweep))
     config.training.save_model = True  # the preference stage loads OUT/sft/<key>/model
@@ -131,6 +130,8 @@ def ensure_sft(sweep, cell, base_model: str, world: Path, log: Callable[[str], N
     """The cell's SFT model: read back when OUT/sft/<key> holds a finished run, else trained
     (or resumed) there. Returns the model directory with its metrics and provenance."""
     from robalign.config import dump_yaml, to_dict
+    from robalign.experiments.pipeline import proportion
+    from robalign.provenance import write_json_atomic
     from robalign.training.checkpoint import checkpoint_dirs
     from robalign.training.trainer import train
 
@@ -149,16 +150,12 @@ def ensure_sft(sweep, cell, base_model: str, world: Path, log: Callable[[str], N
         result = train(config, resume=resume, overwrite=not resume)
         record = {"key": key, "base_model": str(base_model), "steps": result.steps,
                   "seconds": round(time.perf_counter() - start, 2), "eval_metrics": result.eval_metrics}
-        from robalign.provenance import write_json_atomic
-
         write_json_atomic(record_file, record)  # written last: its presence means the model is complete
     metrics: dict[str, Any] = {"sft/steps": record["steps"], "sft/seconds": record["seconds"]}
     eval_metrics = record["eval_metrics"]
     for name, value in eval_metrics.items():
         metrics[f"sft/{name}"] = value
     if "eval/rewards/accuracies" in eval_metrics:  # against the base model as reference
-        from robalign.experiments.pipeline import proportion
-
         metrics["sft/eval/rewards/accuracies"] = proportion(eval_metrics["eval/rewards/accuracies"],
                                                             int(eval_metrics.get("eval/pairs", 0)))
     provenance = {"key": key, "model": str(out / "model"), "base_model": str(base_model),
