@@ -3,7 +3,7 @@
 A small real store (SQLite, and the curves table on PostgreSQL too) built by hand: methods none,
 dpo, shapo (dpo + ShaPO), cdpo, cdpo_shapo at one noise rate, two seeds each, with per-step reward
 margins, soft-label margins and a probe's epochs. Every number a figure's table prints is worked
-out here by hand; a store without the data shows none of the figures.
+out here by hand; a store without the data shows none of the study_figures.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from robalign.errors import UserError
-from robalign.experiments import curves, figures, report
+from robalign.experiments import curves, report, study_figures
 from robalign.experiments.store import Store
 
 Y, ASR = "clear_bias/safety", "harmful/compliance"
@@ -198,22 +198,22 @@ def test_the_hook_writes_what_the_cell_files_hold(tmp_path, sqlite_url):
 # -------------------------------------------------------------------- the figures, numbers by hand
 
 def test_recipes_name_the_loss_family_and_shapo():
-    assert figures.recipe(train_config({"dpo": 1.0, "sft": 0.1}, True, "drdpo")) == ("drdpo", True)
-    assert figures.recipe(train_config({"cdpo": 1.0}, False, "drdpo")) == ("drdpo(cdpo)", False)
-    assert figures.recipe(train_config({"rdpo": 1.0}, False)) == ("rdpo", False)
-    assert figures.recipe(train_config({"sft": 1.0}, False)) == ("sft", False)
-    assert figures.recipe({}) is None
+    assert study_figures.recipe(train_config({"dpo": 1.0, "sft": 0.1}, True, "drdpo")) == ("drdpo", True)
+    assert study_figures.recipe(train_config({"cdpo": 1.0}, False, "drdpo")) == ("drdpo(cdpo)", False)
+    assert study_figures.recipe(train_config({"rdpo": 1.0}, False)) == ("rdpo", False)
+    assert study_figures.recipe(train_config({"sft": 1.0}, False)) == ("sft", False)
+    assert study_figures.recipe({}) is None
 
 
 def test_study_store_collects_curves_and_recipes(study):
-    assert study.recipes == {m: figures.recipe(c) for m, c in RECIPES.items()}
+    assert study.recipes == {m: study_figures.recipe(c) for m, c in RECIPES.items()}
     assert set(study.curves["name"]) == {"train/rewards/margins", "soft_labels/reward_margin", "soft_labels/q",
                                          *(f"probe/adam/{k}" for k in PROBE)}
 
 
 def test_training_margins_band_over_seeds(study):
     """At step 3: seeds 0.3 and 0.5 -> mean 0.4, sd 0.1414, t CI 0.4 -+ 12.706 * 0.1."""
-    rows = _rows(figures.train_margins(study.frame, study.curves))
+    rows = _rows(study_figures.train_margins(study.frame, study.curves))
     lo, hi = 0.4 - T1 * 0.1, 0.4 + T1 * 0.1
     assert rows == [["all cells", m, "2", "3", "2", f"0.400 [{lo:.3f}, {hi:.3f}]"]
                     for m in ("cdpo", "cdpo_shapo", "dpo", "shapo")]
@@ -222,27 +222,27 @@ def test_training_margins_band_over_seeds(study):
 def test_reward_margin_distribution_by_hand(study):
     """DELTA = [-1, 0, 1, 2]: mean 0.5, sd = sqrt(5/3) (n - 1), half above 0; mean q = mean σ(β·Δr/sd).
     The two shapo cells share it; cdpo_shapo seed 0 has another set [0, 2, 4] (sd 2) and no q."""
-    caption, _, (headers, rows) = figures.reward_distribution(study.curves, report.cell_labels(study.frame),
+    caption, _, (headers, rows) = study_figures.reward_distribution(study.curves, report.cell_labels(study.frame),
                                                               study.frame)
     sd = math.sqrt(5 / 3)
-    q = [sum(1 / (1 + math.exp(-b * d / sd)) for d in DELTA) / 4 for b in figures.BETA_R]
+    q = [sum(1 / (1 + math.exp(-b * d / sd)) for d in DELTA) / 4 for b in study_figures.BETA_R]
     # both sets at noise 0.2: the one two cells share comes first, though cdpo_shapo leads the page
     assert rows[0] == ["shapo", "2", "4", "0.500", f"{sd:.3f}", "0.500", "0.600", *(f"{v:.3f}" for v in q)]
-    qb = [sum(1 / (1 + math.exp(-b * d / 2)) for d in DELTA_B) / 3 for b in figures.BETA_R]
+    qb = [sum(1 / (1 + math.exp(-b * d / 2)) for d in DELTA_B) / 3 for b in study_figures.BETA_R]
     assert rows[1] == ["cdpo_shapo seed=0", "1", "3", "2.000", "2.000", "0.667", "–", *(f"{v:.3f}" for v in qb)]
     assert headers[-3:] == ["mean q at β_r = 0.1", "mean q at β_r = 1", "mean q at β_r = 10"]
     assert "Figure 5" in caption and "standardised" in caption
 
 
 def test_probe_curves_final_epoch(study):
-    rows = _rows(figures.probe_curves(study.curves, report.cell_labels(study.frame), study.frame))
+    rows = _rows(study_figures.probe_curves(study.curves, report.cell_labels(study.frame), study.frame))
     assert rows == [["adam", "shapo", "2", "3", "0.400", "0.550", "0.900", "0.850"]]
 
 
 def test_asr_per_method_and_judge(study):
     """dpo: 0.2 / 0.4 -> 0.3 -+ 12.706 * 0.1; cdpo: 0.3 / 0.3, no spread; the llm judge's two dpo cells
     0.5 / 0.5; the harmful judge 'rule' runs as keyword."""
-    caption, _, (_, rows) = figures.asr_bars(study.frame, report.harmful_judge(study.info))
+    caption, _, (_, rows) = study_figures.asr_bars(study.frame, report.harmful_judge(study.info))
     by = {(r[1], r[2]): r for r in rows}
     assert by[("dpo", "keyword")] == ["all cells", "dpo", "keyword", "2", f"0.300 [{0.3 - T1 * 0.1:.3f}, "
                                       f"{0.3 + T1 * 0.1:.3f}]"]
@@ -255,7 +255,7 @@ def test_asr_per_method_and_judge(study):
 def test_composition_bars_and_shapo_minus_base(study):
     """cdpo safety 0.6 / 0.7, cdpo_shapo 0.7 / 0.9: differences 0.1 / 0.2 -> +0.15, se 0.05, t = 3 with
     1 df: p = 1 - 2 atan(3) / pi = 0.205; dpo 0.8 / 0.9 vs shapo 0.85 / 0.95: +0.05 both, no spread."""
-    rows = _rows(figures.composition(study.frame, study.recipes))
+    rows = _rows(study_figures.composition(study.frame, study.recipes))
     by = {(r[0], r[3]): r for r in rows}
     assert [r[3] for r in rows if r[0] == Y] == ["cdpo", "cdpo_shapo", "dpo", "shapo"]
     assert by[(Y, "cdpo")][2:7] == ["cdpo", "cdpo", "no", "2", f"0.650 [{0.65 - T1 * 0.05:.3f}, {0.65 + T1 * 0.05:.3f}]"]
@@ -270,7 +270,7 @@ def test_shapo_minus_base_is_signed_whatever_the_names_order():
     frame = pd.DataFrame([{"cell": f"{m}{s}", "method": m, "seed": s, Y: v}
                           for m, vals in (("z_base", (0.5, 0.6)), ("a_shapo", (0.7, 0.7))) for s, v in enumerate(vals)])
     # a_shapo sorts first, so analysis.paired gives base - shapo: the figure flips it
-    text = figures._shapo_minus_base(frame, Y, "z_base", "a_shapo")
+    text = study_figures._shapo_minus_base(frame, Y, "z_base", "a_shapo")
     assert text.startswith("+0.150 [") and "2 pairs" in text
 
 
@@ -305,11 +305,11 @@ def test_without_the_data_the_page_has_none_of_these_figures(tmp_path):
 
 def test_a_sweep_with_curves_but_no_soft_labels_or_probe_shows_no_figure_5_or_6(study):
     plain = study.curves[study.curves["name"] == "train/rewards/margins"]
-    figs = figures.study_figures(study.frame, plain, {}, report.cell_labels(study.frame), "keyword")
+    figs = study_figures.study_figures(study.frame, plain, {}, report.cell_labels(study.frame), "keyword")
     assert set(figs) == {"train_margins", "asr"}  # no recipes: no composition either
     only_dpo = study.frame[study.frame["method"].isin(["none", "dpo", "shapo"])]
     recipes = {m: r for m, r in study.recipes.items() if m in ("dpo", "shapo")}
-    assert figures.composition(only_dpo, recipes) is None  # dpo +- ShaPO alone is not a data-robust composition
+    assert study_figures.composition(only_dpo, recipes) is None  # dpo +- ShaPO alone is not a data-robust composition
 
 
 def test_durations_and_noise_rates_are_panels_never_pooled_into_a_ci():
@@ -320,10 +320,10 @@ def test_durations_and_noise_rates_are_panels_never_pooled_into_a_ci():
             for m, d, n, v in [("dpo", 200, 0.0, 0.4), ("dpo", 200, 0.2, 0.3), ("dpo", 400, 0.0, 0.2),
                                ("dpo", 400, 0.2, 0.1)]]
     frame = pd.DataFrame(rows)
-    assert [t for t, _ in figures._facets(frame)] == [
+    assert [t for t, _ in study_figures._facets(frame)] == [
         "200 pre-training steps, noise rate 0", "200 pre-training steps, noise rate 0.2",
         "400 pre-training steps, noise rate 0", "400 pre-training steps, noise rate 0.2"]
-    caption, _, (_, table) = figures.asr_bars(frame, "keyword")
+    caption, _, (_, table) = study_figures.asr_bars(frame, "keyword")
     assert [r[3:] for r in table] == [["1", "0.400 [0.300, 0.500]"], ["1", "0.300 [0.200, 0.400]"],
                                       ["1", "0.200 [0.100, 0.300]"], ["1", "0.100 [0.000, 0.200]"]]
     assert "one panel per noise rate × pre-training steps" in caption and "pooled" not in caption

@@ -6,7 +6,7 @@ place a run directory appears is the link a cell row carries to it. The page hol
 1. headline sentences computed from the table, each with its CI: the un-aligned model's
    safety (``method=none``), each method's at the lowest noise and its paired difference from
    ``none``, and how safety moves across the swept noise and duration ranges (OLS);
-2. figures (matplotlib, ``figures.py``; PNG embedded as base64 and written to DIR/figures/):
+2. figures (matplotlib, ``figures.py`` and ``study_figures.py``; PNG embedded as base64 and written to DIR/figures/):
    safety vs noise per method with CI bands, safety vs duration, safety heatmaps over attacks
    and categories, reward accuracy on clean held-out labels beside the noisy training labels;
    then the ShaPO study's figures, each only when the store holds its data, each with the table
@@ -46,15 +46,8 @@ from robalign.bench import charts
 from robalign.bench.report import STYLE as BENCH_STYLE
 from robalign.experiments import analysis, curves
 from robalign.experiments.analysis import DURATIONS, sweep_axes
-from robalign.experiments.figures import (
-    CLEAN_ACC,
-    NOISY_ACC,
-    SAFETY,
-    STUDY,
-    make_figures,
-    method_recipes,
-    study_figures,
-)
+from robalign.experiments.figures import CLEAN_ACC, NOISY_ACC, SAFETY, make_figures
+from robalign.experiments.study_figures import STUDY, method_recipes, study_figures
 
 KEY_METRICS = (SAFETY, "clear_bias/robustness", "clear_bias/fairness", "clear_bias/base/safety",
                "clear_bias_llm/safety", "judges/kappa", "harmful/compliance", "harmful/refusal", CLEAN_ACC, NOISY_ACC)
@@ -78,7 +71,7 @@ class ReportData:
     info: dict             # the store's record of the sweep (name, created, config, provenance, counts)
     store_url: str         # already redacted
     curves: pd.DataFrame | None = None  # curves.read_curves: cell, name, step, value (the study figures)
-    recipes: dict = field(default_factory=dict)  # method -> figures.Recipe (loss family, ShaPO) from provenance
+    recipes: dict = field(default_factory=dict)  # method -> study_figures.Recipe (loss family, ShaPO) from provenance
 
 
 def collect(store, sweep: str | None = None) -> ReportData:
