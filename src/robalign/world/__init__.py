@@ -13,8 +13,9 @@ drawn from them: a soft-label pre-training corpus, preference pairs and judge ex
 | build      | ``build_world``: the whole directory, atomically, with world.json                    |
 | lengths    | corpus token lengths per attack under the offline tiny tokenizers                    |
 | judge      | the offline LLM judge's training data: judge examples -> preference pairs, control-set guard, judge card |
+| tiny_judge | ``judge-train --tiny``: a judge trained from scratch on judge examples (calls pre-training lazily) |
 
 May import ``robalign.bench``, ``robalign.evaluation`` (judge templates, as bench does), ``robalign.data``,
-``robalign.models``; never ``robalign.training``
-(pre-training reads the world's files, not this package).
+``robalign.models``; never ``robalign.training`` at import time (pre-training reads the world's
+files, not this package; ``tiny_judge`` calls it inside a function).
 """
