@@ -281,3 +281,23 @@ def test_harmful_verdict_direction_counts_only_the_safety_verdict(tmp_path):
     row = re.search(r"dpo → shapo</a></td><td>noise=0.2 steps=300 seed=0</td><td>(\d+)</td><td>(\d+)</td>"
                     r"<td>(\d+)</td><td>(\d+)</td>", html)
     assert row and row.groups() == ("2", "2", "1", "0")
+
+
+def test_other_grid_axes_become_arms_of_the_comparison():
+    """A ShaPO mask axis: each mask is its own arm (not pooled under shapo), paired with DPO on seed;
+    the un-aligned model keeps its name whatever its (skipped) mask value."""
+    rows = [cell("n0", "none", 0.0, 0.5, **{"training.shapo.mask": "uniform"})]
+    for seed, (d, top, uni) in enumerate([(0.80, 0.84, 0.81), (0.70, 0.76, 0.70)]):
+        rows += [cell(f"d{seed}", "dpo", 0.0, d, seed=seed, **{"training.shapo.mask": "uniform"}),
+                 cell(f"t{seed}", "shapo", 0.0, top, seed=seed, **{"training.shapo.mask": "subspace:top"}),
+                 cell(f"u{seed}", "shapo", 0.0, uni, seed=seed, **{"training.shapo.mask": "uniform"})]
+    frame, recipes = report.fold_arms(pd.DataFrame(rows), {"shapo": ("dpo", True)})
+    assert "training.shapo.mask" not in frame.columns
+    assert sorted(frame["method"].unique()) == ["dpo mask=uniform", "none", "shapo mask=subspace:top",
+                                                "shapo mask=uniform"]
+    assert recipes["shapo mask=subspace:top"] == ("dpo", True)
+    diffs = {(r["a"], r["b"]): r["mean_diff"] for r in analysis.paired(frame, Y, at=None)}
+    assert diffs[("dpo mask=uniform", "shapo mask=subspace:top")] == pytest.approx(0.05)  # (0.04 + 0.06) / 2
+    assert diffs[("dpo mask=uniform", "shapo mask=uniform")] == pytest.approx(0.005)
+    same, _ = report.fold_arms(hand_frame())  # nothing else varies: the frame is left as it is
+    assert same.equals(hand_frame())

@@ -92,8 +92,29 @@ def collect(store, sweep: str | None = None) -> ReportData:
     if frame.empty:
         raise UserError(f"sweep {sweep!r} has no finished cell yet (cells: {info.get('counts')})")
     recipes = method_recipes(store.cells(sweep)) if hasattr(store, "cells") else {}
+    frame, recipes = fold_arms(frame, recipes)
     return ReportData(order_cells(frame), store.samples(sweep), sweep, info, redact_url(store.url),
                       curves.read_curves(store, sweep, curves.REPORT_PREFIXES), recipes)
+
+
+def fold_arms(frame: pd.DataFrame, recipes: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """Grid axes other than method, seed, noise and duration (a ShaPO mask, an ascent, beta_r ...)
+    folded into the method column: ``shapo mask=subspace:top ascent=fresh`` is one arm of the
+    comparison, so every table, figure and paired difference compares arms (matched on seed,
+    noise and duration) instead of pooling them under ``shapo``. The folded columns are dropped."""
+    recipes = dict(recipes or {})
+    if "method" not in frame.columns:
+        return frame, recipes
+    axes = set(sweep_axes(frame)) | {"method", "seed"}
+    extra = [c for c in analysis.param_columns(frame) if c not in axes and frame[c].nunique(dropna=True) > 1]
+    if not extra:
+        return frame, recipes
+    base = frame["method"].astype(str)
+    arms = base + frame[extra].apply(
+        lambda r: "".join(f" {c.rsplit('.', 1)[-1]}={_v(r[c])}" for c in extra if not _missing(r[c])), axis=1)
+    arms = arms.where(base != "none", "none")  # the un-aligned model has no arm: its skip rules fix the rest
+    recipes |= {arm: recipes[m] for arm, m in zip(arms, base) if m in recipes}
+    return frame.drop(columns=extra).assign(method=arms), recipes
 
 
 # -------------------------------------------------------------------- what to plot against what
