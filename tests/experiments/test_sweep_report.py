@@ -299,5 +299,7 @@ def test_other_grid_axes_become_arms_of_the_comparison():
     diffs = {(r["a"], r["b"]): r["mean_diff"] for r in analysis.paired(frame, Y, at=None)}
     assert diffs[("dpo mask=uniform", "shapo mask=subspace:top")] == pytest.approx(0.05)  # (0.04 + 0.06) / 2
     assert diffs[("dpo mask=uniform", "shapo mask=uniform")] == pytest.approx(0.005)
+    lines = report.headline(frame)  # one noise level: the arms' paired differences without "at noise"
+    assert any(s.startswith("shapo mask=subspace:top − dpo mask=uniform: +0.050 [") for s in lines)
     same, _ = report.fold_arms(hand_frame())  # nothing else varies: the frame is left as it is
     assert same.equals(hand_frame())

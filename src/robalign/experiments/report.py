@@ -214,11 +214,14 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
             out += [_slope_sentence(r, frame, x, y, what) for r in analysis.slopes(frame, x, y)
                     if not (r["group"] == "none" and x == noise)]
     aligned = [m for m in methods if m != "none"]
-    if noise and len(aligned) > 1:
+    if len(aligned) > 1:
         for r in analysis.paired(frame[frame["method"].astype(str).isin(aligned)], y, at=noise):
+            if len(aligned) > 3 and r["a"] != aligned[0]:
+                continue  # many arms: each against the first aligned one, not every pair
             if r["b"] is not None and r["mean_diff"] is not None:
                 ci = f"[{r['low']:+.3f}, {r['high']:+.3f}]" if r["low"] is not None else f"({r['note']})"
-                out.append(f"{r['b']} − {r['a']} at noise {r['at']:g}: {r['mean_diff']:+.3f} {ci} over {r['n']} "
+                where = f" at noise {r['at']:g}" if noise else ""
+                out.append(f"{r['b']} − {r['a']}{where}: {r['mean_diff']:+.3f} {ci} over {r['n']} "
                            f"matched {_cells(r['n']).split()[1]}.")
     out += _side_lines(frame, methods)
     return out
