@@ -296,3 +296,28 @@ def test_the_llm_judge_is_trained_once(tmp_path):
     none = cell(sweep, "method=none steps=10 seed=0")
     m = pipeline.run_cell(sweep, none, sweep.out_dir / "cells" / none.id, lambda _: None).metrics
     assert m["clear_bias_llm/safety"]["n"] == m["clear_bias/safety"]["n"] and m["judges/kappa"]["n"] > 0
+
+
+def test_the_pairwise_stage_gives_the_cells_win_rate_against_the_chosen_answer(prepared):
+    """bench.pairwise.judge: the cell's answers to the first held-out prompts against their chosen
+    answers, both orders, through a judge over loopback HTTP that always says [[A]]: every row's two
+    orders disagree, so every row is a tie. Win rate 0 of n with the Wilson upper bound z²/(n + z²),
+    the tie-aware rate exactly 0.5, nothing unparsed."""
+    import copy
+
+    sweep, _ = prepared
+    sweep = copy.deepcopy(sweep)
+    with LocalOpenAIServer(ScriptedResponder(default="Reply A is better.\n[[A]]")) as server:
+        sweep.bench.pairwise.judge = f"llm:openai:judge@{server.base_url}"
+        sweep.bench.pairwise.pairs = 6
+        none = cell(sweep, "method=none steps=10 noise_rate=0.0 seed=0")
+        cell_dir = sweep.out_dir / "cells-pairwise" / none.id
+        m = pipeline.run_cell(sweep, none, cell_dir, lambda _: None).metrics
+        calls = server.chat_requests
+    z2 = 1.959963984540054 ** 2
+    assert calls == 12  # 6 rows x 2 orders
+    assert m["pairwise/win_rate"]["value"] == 0 and m["pairwise/win_rate"]["n"] == 6
+    assert m["pairwise/win_rate"]["high"] == pytest.approx(z2 / (6 + z2))
+    assert m["pairwise/tie_aware_win_rate"]["value"] == 0.5 and m["pairwise/unparsed"] == 0
+    rows = read_table(cell_dir / "pairwise" / "verdicts.jsonl")
+    assert list(rows["pair_outcome"]) == ["tie"] * 6

@@ -136,6 +136,10 @@ def run_cell(sweep, cell, cell_dir: str | Path, log: Callable[[str], None] = pri
             metrics |= soft_label_metrics(sweep, world, cell)
         with ResponseCache(cache_root / "generations.sqlite") as cache:
             bias_metrics, samples, bench_provenance = bench_clear_bias(sweep, cell, model, world, cell_dir, cache, log)
+            if sweep.bench.pairwise.judge:
+                pair_metrics, pair_provenance = bench_pairwise(sweep, model, world, cell_dir, cache)
+                bias_metrics |= pair_metrics
+                bench_provenance |= pair_provenance
         harm_metrics, harm_samples, harm_provenance = bench_harmful(sweep, cell, model, world, cell_dir, cache_root)
     provenance["model"] = model
     provenance["bench"] = bench_provenance | harm_provenance
@@ -449,6 +453,36 @@ def bench_harmful(sweep, cell, model: str, world: Path, cell_dir: Path, cache_ro
                         "judge": judge, "extra": {"request": r["label"], "refusal": r["refusal"],
                                                   "safety": r["safety"], "status": r["status"]}})
     return metrics, samples, {"harmful": str(out / "summary.json")}
+
+
+def bench_pairwise(sweep, model: str, world: Path, cell_dir: Path, cache):
+    """The paper's win rate: the cell's greedy answers to the first ``pairs`` held-out world prompts
+    against each pair's chosen answer, judged in both orders (``robalign judge pairwise``; a
+    disagreement between the orders is a tie, UNPARSED is counted and never scored)."""
+    import pandas as pd
+
+    from robalign.evaluation.backends import build_backend
+    from robalign.evaluation.cache import CachedBackend
+    from robalign.evaluation.generation import generate_frame, generation_requests
+    from robalign.evaluation.pairwise import compare_table, pair_items
+
+    p = sweep.bench.pairwise
+    lines = (world / "pairs" / "eval.jsonl").read_text(encoding="utf-8").splitlines()[: p.pairs]
+    rows = pd.DataFrame([{k: r[k] for k in ("id", "prompt", "chosen")} for r in map(json.loads, lines)])
+    backend = CachedBackend(build_backend(f"hf:{model}", **BENCH_OPTIONS[sweep.lane]), cache, label=f"hf:{model}")
+    answers = generate_frame(rows, backend, generation_requests(rows["prompt"].tolist(), None, 1, p.max_new_tokens,
+                                                                0.0, 1.0, 0), 1)
+    result = compare_table(answers, pair_items(answers, "prompt", "response", "chosen"), p.judge, cache, {},
+                           n_boot=N_BOOT, progress=False)
+    out = cell_dir / "pairwise"
+    out.mkdir(parents=True, exist_ok=True)
+    result.frame.to_json(out / "verdicts.jsonl", orient="records", lines=True, force_ascii=False)
+    _write_json(out / "summary.json", {"judge": result.judge, "template": result.template, **result.stats})
+    s, tie = result.stats, result.stats["tie_aware_win_rate"]
+    metrics = {"pairwise/win_rate": _rate(s["win_rate"]),
+               "pairwise/tie_aware_win_rate": interval(tie["rate"], tie["ci"], s["parsed"]),
+               "pairwise/unparsed": s["unparsed"]}
+    return metrics, {"pairwise": str(out / "summary.json")}
 
 
 def _rate(r: dict) -> dict[str, Any]:

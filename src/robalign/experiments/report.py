@@ -50,7 +50,8 @@ from robalign.experiments.figures import CLEAN_ACC, NOISY_ACC, SAFETY, make_figu
 from robalign.experiments.study_figures import STUDY, method_recipes, study_figures
 
 KEY_METRICS = (SAFETY, "clear_bias/robustness", "clear_bias/fairness", "clear_bias/base/safety",
-               "clear_bias_llm/safety", "judges/kappa", "harmful/compliance", "harmful/refusal", CLEAN_ACC, NOISY_ACC)
+               "clear_bias_llm/safety", "judges/kappa", "harmful/compliance", "harmful/refusal", "pairwise/win_rate",
+               CLEAN_ACC, NOISY_ACC)
 # verdicts counted as a move to safety and away from it, per benchmark: CLEAR-Bias (R, D robust; S, CS a
 # side taken) and harmful requests (the safety verdict). A harmful *safe* request is labelled by refusal
 # (R / NR / C / P): refusing it is over-refusal, neither safer nor less safe, so it is not counted.

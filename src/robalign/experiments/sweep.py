@@ -107,9 +107,17 @@ class HarmfulSection:
 
 
 @dataclass
+class PairwiseSection:
+    judge: str | None = None  # an llm judge spec (llm:openai:M@URL ...); None = no pairwise stage
+    pairs: int = 64  # the world's held-out pairs, in file order: the model's answer against their chosen one
+    max_new_tokens: int = 48
+
+
+@dataclass
 class BenchSection:
     clear_bias: ClearBiasSection = field(default_factory=ClearBiasSection)
     harmful: HarmfulSection = field(default_factory=HarmfulSection)
+    pairwise: PairwiseSection = field(default_factory=PairwiseSection)
 
 
 @dataclass
