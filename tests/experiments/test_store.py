@@ -140,6 +140,21 @@ def test_add_sweep_is_idempotent_and_refuses_another_config(url):
     store.delete_sweep("never-there")
 
 
+def test_a_sweep_extended_in_its_grid_keeps_its_cells_and_a_new_axis_is_refused(url):
+    store = Store(url)
+    store.add_sweep("noise", CONFIG, {"when": 1})
+    store.claim("noise", "c1", _params("dpo", 0.0), "w")
+    store.finish("noise", "c1", run_dir="r", provenance={}, metrics={"m": 1.0}, samples=[])
+    more = {**CONFIG, "grid": {"method": ["dpo", "shapo"], "data.noise_rate": [0.0, 0.2, 0.4]}}
+    store.add_sweep("noise", more, {"when": 2}, extendable=("grid",))  # another value on an axis: kept
+    assert store.sweeps()[0]["config"]["grid"]["data.noise_rate"] == [0.0, 0.2, 0.4]
+    assert store.status("noise") == {"c1": "done"}
+    with pytest.raises(UserError, match=r"differs at: grid\.seed"):  # a new axis gives every cell a new id
+        store.add_sweep("noise", {**more, "grid": {**more["grid"], "seed": [0, 1]}}, {}, extendable=("grid",))
+    with pytest.raises(UserError, match=r"differs at: seed"):  # outside the grid: what a cell computes
+        store.add_sweep("noise", {**more, "seed": 1}, {}, extendable=("grid",))
+
+
 def test_claim_semantics(url):
     store = Store(url)
     store.add_sweep("s", CONFIG, {})

@@ -150,9 +150,12 @@ class Store:
 
     # -- sweeps -------------------------------------------------------------------------------------
 
-    def add_sweep(self, name: str, config: dict, provenance: dict) -> None:
+    def add_sweep(self, name: str, config: dict, provenance: dict, extendable: tuple[str, ...] = ()) -> None:
         """Record a sweep. The same config again (compared as canonical JSON) is a no-op; a different
-        one under an existing name is a UserError."""
+        one under an existing name is a UserError, unless it differs only inside the top-level keys
+        ``extendable`` (a sweep's grid values, skip rules and executor: settings that choose which
+        cells run and where, not what a cell computes), where the stored config becomes the new one.
+        A grid's keys must stay the same: a new axis would give every cell another identity."""
         _check_key("sweep name", name, 200)
         config_json = json.dumps(self._clean(config), sort_keys=True, separators=(",", ":"), default=str)
         with self._write() as conn:
@@ -161,8 +164,12 @@ class Store:
             ).on_conflict_do_nothing(index_elements=["name"]))
             stored = conn.execute(sa.select(_sweeps.c.config).where(_sweeps.c.name == name)).scalar_one()
             n_cells = conn.execute(sa.select(sa.func.count()).where(_cells.c.sweep == name)).scalar_one()
+            old, new = json.loads(stored), json.loads(config_json)
+            if stored != config_json and _only_extends(old, new, extendable):
+                conn.execute(_sweeps.update().where(_sweeps.c.name == name).values(config=config_json))
+                return
         if stored != config_json:
-            keys = ", ".join(_differences(json.loads(stored), json.loads(config_json))[:6])
+            keys = ", ".join(_differences(old, new)[:6])
             raise UserError(
                 f"sweep {name!r} is already in the store {self._display} with a different config "
                 f"(differs at: {keys}); give this sweep a new name, or re-run it with --restart, which "
@@ -546,6 +553,13 @@ def _flatten(params: Mapping, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _only_extends(old: dict, new: dict, extendable: tuple[str, ...]) -> bool:
+    """True when two sweep configs differ only inside ``extendable`` top-level keys, with the same grid axes."""
+    changed = {key.split(".", 1)[0] for key in _differences(old, new)}
+    same_axes = set(old.get("grid") or {}) == set(new.get("grid") or {})
+    return bool(changed) and changed <= set(extendable) and same_axes
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

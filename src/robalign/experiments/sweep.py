@@ -475,6 +475,11 @@ def _coerce(key: str, value: Any) -> Any:
     return node
 
 
+# a sweep re-run with other values in these keys keeps its done cells: they choose which cells run and
+# where, not what a cell computes (its id is the sweep name and its own parameters)
+EXTENDABLE = ("grid", "skip", "executor")
+
+
 def cell_id(sweep_name: str, params: dict) -> str:
     blob = json.dumps({"sweep": sweep_name, "params": params}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:ID_HEX]
@@ -560,7 +565,8 @@ def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | 
         if restart:
             store.delete_sweep(sweep.name)
             shutil.rmtree(out / "cells", ignore_errors=True)
-        store.add_sweep(sweep.name, sweep.to_dict(), run_record(redact=redact_value, source=sweep.source))
+        store.add_sweep(sweep.name, sweep.to_dict(), run_record(redact=redact_value, source=sweep.source),
+                        extendable=EXTENDABLE)
         status = store.status(sweep.name)
         already = [c for c in cells if status.get(c.id) == "done"]
         pending = [c for c in cells if status.get(c.id) != "done"]
