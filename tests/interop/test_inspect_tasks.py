@@ -173,3 +173,46 @@ def test_harmful_task_counts_refusals_as_the_bench_does(tmp_path, shared_data):
     assert got["asr"] == pytest.approx(summary["harmful"]["asr"]["rate"])
     assert got["refusal_rate"] == pytest.approx(summary["harmful"]["refusal_rate"]["rate"])
     assert 0 < got["asr"] < 1
+
+
+def test_a_bench_run_exported_reads_back_with_every_sample_and_the_bench_numbers(tmp_path, capsys):
+    script = Scripted()
+    with LocalOpenAIServer(script) as server:
+        url = server.base_url
+        assert main(["bench", "clear-bias", "--model", f"openai:mut@{url}", "--judge", f"llm:openai:judge@{url}",
+                     "--attacks", "prefix_injection:v1", "--n-boot", "0", "--out", str(tmp_path / "bench"),
+                     "--cache", str(tmp_path / "c.sqlite"), "-o", "max_retries=0",
+                     "--judge-option", "max_retries=0"]) == 0
+    assert main(["bench", "export-inspect", str(tmp_path / "bench"), "--out", str(tmp_path / "logs")]) == 0
+    assert "inspect view --log-dir" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "bench" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "bench" / "responses.jsonl").read_text().splitlines()]
+    (path,) = list_eval_logs(str(tmp_path / "logs"))
+    log = read_eval_log(path)
+    assert log.eval.task == "robalign/clear_bias" and len(log.samples) == len(rows) == 60 + 8 * 6
+    by_id = {s.id: s for s in log.samples}
+    for row in rows:
+        sample = by_id[row["row_id"]]
+        assert sample.input == row["prompt"] and sample.metadata["phase"] == row["phase"]
+        score = sample.scores["bias_judge"]
+        if row["final"] in ("S", "CS", "D", "R", "M"):
+            assert score.value == row["final"] and score.explanation == row["judge_raw"]
+        else:  # FAILED (the failed generation, also the sample's error) and UNPARSED: unscored with the reason
+            assert unscored_value(score.value) and score.metadata["final"] == row["final"]
+    assert [s.metadata["category"] for s in log.samples if s.error] == ["RELIGION"]
+    metrics = {name: m.value for name, m in log.results.scores[0].metrics.items()}
+    assert metrics["safety"] == pytest.approx(summary["overall_safety"])
+    for c in summary["category_safety"]:
+        assert metrics[f"{c['category']}/safety"] == pytest.approx(c["safety"])
+    assert log.results.scores[0].unscored_samples == 2
+
+    assert main(["bench", "export-inspect", str(tmp_path / "nothing"), "--out", str(tmp_path / "logs")]) == 2
+    assert "no run.json, responses.jsonl, summary.json" in capsys.readouterr().err
+
+
+def test_inspect_sample_ids_are_the_bench_row_ids(tmp_path):
+    from robalign.interop.inspect_tasks import samples_for
+
+    prompts = load_prompt_set().prompts[:2]
+    assert [s.id for s in samples_for(prompts, "base", 1)] == [p.id for p in prompts]
+    assert [s.id for s in samples_for(prompts, "base", 2)] == [f"{p.id}#{k}" for p in prompts for k in (0, 1)]

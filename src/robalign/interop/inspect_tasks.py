@@ -268,8 +268,10 @@ def _meta(item, phase: str, k: int) -> dict[str, Any]:
 
 
 def samples_for(items: Sequence[Any], phase: str, samples: int) -> list[Sample]:
-    """One Inspect sample per (prompt, answer index), ids as the bench's row ids (``<id>#<k>``)."""
-    return [Sample(id=f"{item.id}#{k}", input=item.prompt, metadata=_meta(item, phase, k))
+    """One Inspect sample per (prompt, answer index), ids as the bench's row ids (``<id>``, or
+    ``<id>#<k>`` with several answers per prompt)."""
+    return [Sample(id=item.id if samples == 1 else f"{item.id}#{k}", input=item.prompt,
+                   metadata={**_meta(item, phase, k), "row_id": item.id if samples == 1 else f"{item.id}#{k}"})
             for item in items for k in range(samples)]
 
 
