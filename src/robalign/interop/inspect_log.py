@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +129,8 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     samples = [make(n, row, model) for n, row in enumerate(rows.to_dict("records"), 1)]
     scorer = SCORERS[kind]
     scored = sum(1 for s in samples if not _unscored(s.scores[scorer].value))
-    created = datetime.fromtimestamp(files["run.json"].stat().st_mtime, timezone.utc)
-    finished = datetime.fromtimestamp(files["summary.json"].stat().st_mtime, timezone.utc)
+    created = datetime.fromtimestamp(files["run.json"].stat().st_mtime, UTC)
+    finished = datetime.fromtimestamp(files["summary.json"].stat().st_mtime, UTC)
     arguments = record.get("arguments", {})
     judge = summary.get("judge", {})
     log = EvalLog(
