@@ -18,10 +18,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     try:
-        from robalign.interop.inspect_log import export_run
-    except ImportError as exc:
-        raise UserError(f"export-inspect needs Inspect AI ({exc.name} is not installed): "
-                        "pip install 'robalign[inspect]'") from None
+        import inspect_ai  # noqa: F401
+    except ImportError:
+        raise UserError("export-inspect needs Inspect AI, which is not installed: pip install 'robalign[inspect]'") from None
+    from robalign.interop.inspect_log import export_run
+
     path = export_run(args.run, args.out)
     print(f"wrote {path}\nopen it with: inspect view --log-dir {args.out}")
     return 0
