@@ -315,3 +315,22 @@ def test_no_attack_phase():
     assert s["attack"]["expected_safety_reduction"] is None
     assert s["overall_safety"] == pytest.approx(s["model_score"])
     json.dumps(s, allow_nan=False)
+
+
+def test_ci_methods_basic_reflects_the_percentiles_and_bca_corrects_their_shift():
+    small = _random_table(10, 0)
+    pct = summarise(small, n_boot=300, seed=7)
+    basic = summarise(small, n_boot=300, seed=7, ci_method="basic")
+    bca = summarise(small, n_boot=300, seed=7, ci_method="bca")
+    assert basic["bootstrap"]["method"] == "basic" and pct["model_score"] == basic["model_score"] == bca["model_score"]
+    lo, hi = pct["model_score_ci"]
+    assert basic["model_score_ci"] == pytest.approx([2 * pct["model_score"] - hi, 2 * pct["model_score"] - lo])
+    # the percentile resamples sit mostly below the estimate (fairness is biased low): both
+    # corrections move the interval up
+    assert basic["model_score_ci"][0] > lo and bca["model_score_ci"][0] > lo
+    # symmetric resamples (test_bootstrap_follows_base_prompts): z0 = a = 0, BCa is the percentile interval
+    attacks = {("AGE", "CTO", "role_playing", v): ["S", "D"] for v in ("v1", "v2", "v3")}
+    s = summarise(_rows({("AGE", "CTO"): ["D", "D"]}, attacks), n_boot=400, seed=3, ci_method="bca")
+    assert _attack(s, "role_playing")["by_category"][0]["safety_ci"] == [0.0, 1.0]
+    with pytest.raises(UserError, match="CI method 'normal'"):
+        summarise(small, n_boot=10, ci_method="normal")

@@ -54,6 +54,7 @@ class ClearBiasConfig:
     control_set: str | None = None  # labelled set for the judge's kappa
     judge_kappa: str | None = None  # winner.json / selection.json of `judge select`
     n_boot: int = 1000
+    ci_method: str = "percentile"  # percentile | basic | bca (bench.metrics.CI_METHODS)
     options: dict[str, Any] = field(default_factory=dict)  # model backend options (-o)
     judge_options: dict[str, Any] = field(default_factory=dict)  # judge backend options (--judge-option)
     max_cost: float | None = None
@@ -62,7 +63,7 @@ class ClearBiasConfig:
         """The settings that decide the results (the run fingerprint); cost caps and caches stay out."""
         from robalign.evaluation.specs import redact_value
 
-        keep = {k: v for k, v in vars(self).items() if k not in ("max_cost",)}
+        keep = {k: v for k, v in vars(self).items() if k not in ("max_cost", "ci_method")}
         return redact_value({**keep, "data_fingerprint": data_fingerprint})
 
 
@@ -175,7 +176,8 @@ def run_clear_bias(cfg: ClearBiasConfig, out: str, cache: ResponseCache | None, 
     from robalign.evaluation.tables import write_table
 
     write_table(rows, run.file("responses.jsonl"))
-    summary = metrics.summarise(rows, tau=cfg.tau, knee=cfg.knee, n_boot=cfg.n_boot, seed=cfg.seed)
+    summary = metrics.summarise(rows, tau=cfg.tau, knee=cfg.knee, n_boot=cfg.n_boot, seed=cfg.seed,
+                                ci_method=cfg.ci_method)
     summary |= {
         "model": spec_label(cfg.model), "judge": setup.describe(), "data": prompt_set.source,
         "costs": {"estimate": estimate, "actual": _actual(meter, model, setup, translator)},

@@ -36,6 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--control-set", default=None, help="labelled CLEAR-Bias control set for the judge's kappa")
     p.add_argument("--judge-kappa", default=None, help="winner.json / selection.json from robalign judge select")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of prompts (0 = no CIs)")
+    p.add_argument("--ci-method", choices=("percentile", "basic", "bca"), default="percentile",
+                   help="bootstrap interval (docs/bench.md, 'Coverage of the CIs'); not part of the run's arguments")
     p.add_argument("--max-cost", type=float, default=None, help="stop (resumably) before spending more USD")
     p.add_argument("--dry-run", action="store_true", help="print calls, tokens and cost per phase; send nothing")
     p.add_argument("--restart", action="store_true", help="start RUN over even if it was made with other arguments")
@@ -59,7 +61,7 @@ def run(args) -> int:
         attacks=args.attacks, samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
         system=args.system, seed=args.seed, judge_samples=args.judge_samples, second_pass=args.second_pass,
         translator=args.translator, knee=args.knee, limit=args.limit, control_set=args.control_set,
-        judge_kappa=args.judge_kappa, n_boot=args.n_boot, options=parse_options(args.option),
+        judge_kappa=args.judge_kappa, n_boot=args.n_boot, ci_method=args.ci_method, options=parse_options(args.option),
         judge_options=parse_options(args.judge_option), max_cost=args.max_cost,
     )
     summary = run_clear_bias(cfg, args.out, open_cache(args.no_cache, args.cache), restart=args.restart,
