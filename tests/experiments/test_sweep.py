@@ -267,16 +267,22 @@ def test_dry_run_lists_status_and_creates_nothing(tmp_path, capsys):
     assert "pending  method=dpo noise_rate=0.2 seed=1" in printed
 
 
-def test_a_changed_config_needs_restart_which_reruns_everything(tmp_path, capsys):
+def test_more_grid_values_keep_the_done_cells_and_a_changed_config_needs_restart(tmp_path, capsys):
     path = write(tmp_path, BASE)
     out = tmp_path / "out"
     run_sweep(load_sweep_config(path, ["grid.seed=[0]"]), log=quiet, runner="runners")
     assert len(runs(out)) == 5
-    assert main(["sweep", "--config", str(path), "--runner", "runners"]) == 2
+    # another seed (grid values, skip rules and the executor choose cells, not what one computes): the
+    # 5 done cells stay, the 5 new ones run
+    assert main(["sweep", "--config", str(path), "--runner", "runners"]) == 0
+    assert len(runs(out)) == 10
+    # what a cell computes changed: refused, then --restart reruns everything
+    changed = ["--runner", "runners", "train.overrides=[training.learning_rate=0.001]"]
+    assert main(["sweep", "--config", str(path), *changed]) == 2
     err = capsys.readouterr().err
-    assert "sweep 'toy' is already in the store" in err and "--restart" in err
-    assert main(["sweep", "--config", str(path), "--runner", "runners", "--restart"]) == 0
-    assert len(runs(out)) == 15  # all 10 cells, the 5 old ones again
+    assert "sweep 'toy' is already in the store" in err and "--restart" in err and "train.overrides" in err
+    assert main(["sweep", "--config", str(path), *changed, "--restart"]) == 0
+    assert len(runs(out)) == 20  # all 10 cells again
     assert len(Store(f"sqlite:///{out / 'results.sqlite'}").frame("toy")) == 10
 
 
