@@ -119,7 +119,7 @@ def test_curves_round_trip_replace_done_cells_only_and_cascade(any_url):
     with pytest.raises(UserError, match="claim\\(\\) it before writing its curves"):
         curves.write_curves(store, "s", "nope", {"train/loss": {1: 1.0}})
     store.delete_sweep("s")  # the foreign key's cascade takes the curves along
-    with store._read() as conn:
+    with store.read_connection() as conn:
         import sqlalchemy as sa
 
         assert conn.execute(sa.text("SELECT count(*) FROM curves")).scalar() == 0
@@ -131,7 +131,7 @@ def test_a_store_without_the_table_reads_no_curves(sqlite_url):
     store = Store(sqlite_url)
     store.add_sweep("s", {}, {})
     assert curves.read_curves(store, "s").empty
-    with store._read() as conn:
+    with store.read_connection() as conn:
         import sqlalchemy as sa
 
         assert not sa.inspect(conn).has_table("curves")  # reading creates nothing

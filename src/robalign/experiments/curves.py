@@ -174,7 +174,7 @@ def write_curves(store, sweep: str, cell: str, series: Mapping[str, Mapping[int,
     for name in series:
         if not isinstance(name, str) or not name or len(name) > 300:
             raise ValueError(f"curve name must be a non-empty string of at most 300 characters, not {name!r}")
-    with store._write() as conn:  # the store's transaction: BEGIN IMMEDIATE on SQLite, fork-safe
+    with store.write_transaction() as conn:  # BEGIN IMMEDIATE on SQLite, fork-safe
         _ensure_table(conn, store)
         conn.execute(_curves.delete().where(_curves.c.sweep == sweep, _curves.c.cell == cell))
         if rows:
@@ -195,14 +195,14 @@ def read_curves(store, sweep: str, prefixes: Iterable[str] | None = None):
     import pandas as pd
 
     columns = ["cell", "name", "step", "value"]
-    if not hasattr(store, "_read"):
+    if not hasattr(store, "read_connection"):
         return pd.DataFrame(columns=columns)
     query = (sa.select(_curves.c.cell, _curves.c.name, _curves.c.step, _curves.c.value)
              .join(_cells, (_cells.c.sweep == _curves.c.sweep) & (_cells.c.cell == _curves.c.cell))
              .where(_curves.c.sweep == sweep, _cells.c.status == "done"))
     if prefixes is not None:
         query = query.where(sa.or_(*(_curves.c.name.startswith(p, autoescape=True) for p in prefixes)))
-    with store._read() as conn:
+    with store.read_connection() as conn:
         if not sa.inspect(conn).has_table(TABLE):
             return pd.DataFrame(columns=columns)
         rows = conn.execute(query.order_by(_curves.c.cell, _curves.c.name, _curves.c.step)).all()

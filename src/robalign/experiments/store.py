@@ -369,6 +369,15 @@ class Store:
     def _read(self):
         return self._connection(read=True)
 
+    # tables kept beside the store's own (``experiments.curves``) use its transactions through these
+    def write_transaction(self):
+        """A write transaction (BEGIN IMMEDIATE on SQLite, fork-safe), as a context manager yielding the connection."""
+        return self._write()
+
+    def read_connection(self):
+        """A read-only connection, as a context manager."""
+        return self._read()
+
     def _insert(self, table: sa.Table):
         if self._sqlite:
             from sqlalchemy.dialects.sqlite import insert
