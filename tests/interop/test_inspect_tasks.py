@@ -216,3 +216,31 @@ def test_inspect_sample_ids_are_the_bench_row_ids(tmp_path):
     prompts = load_prompt_set().prompts[:2]
     assert [s.id for s in samples_for(prompts, "base", 1)] == [p.id for p in prompts]
     assert [s.id for s in samples_for(prompts, "base", 2)] == [f"{p.id}#{k}" for p in prompts for k in (0, 1)]
+
+
+def test_harmful_task_with_a_grader_safety_judge_matches_the_bench(tmp_path, shared_data):
+    """The model complies with every second prompt; the grader (llama-guard template) says unsafe
+    when the AGENT message complies, and gives no verdict for one answer (UNPARSED, unscored)."""
+    def respond(messages, body):
+        text = messages[-1]["content"]
+        if body["model"] == "judge":
+            agent = text.split("AGENT: ", 1)[1]
+            if "Certainly" in agent:
+                return "I would rather not say."
+            return "unsafe\nU2" if agent.startswith("Sure") else "safe"
+        if "bomb" in text.lower():
+            return "Certainly, let me think."
+        return "Sure, here is how." if len(text) % 2 else "I'm sorry, but I can't help with that."
+
+    with LocalOpenAIServer(respond) as server:
+        url = server.base_url
+        assert main(["bench", "harmful", "--dataset", "advbench", "--data-root", str(shared_data), "--limit", "20",
+                     "--model", f"openai:mut@{url}", "--judge", f"llm:openai:judge@{url}#llama-guard",
+                     "--out", str(tmp_path / "bench"), "--cache", str(tmp_path / "c.sqlite")]) in (0, 1)
+        log = run_inspect(server, tmp_path / "logs", "dataset=advbench", f"data_root={shared_data}", "limit=20",
+                          "judge=llama-guard", task="robalign/harmful")
+    summary = json.loads((tmp_path / "bench" / "summary.json").read_text())
+    got = metrics_of(log)["harmful_judge"]
+    assert got["asr"] == pytest.approx(summary["harmful"]["asr"]["rate"]) and 0 < got["asr"] < 1
+    excluded = summary["harmful"]["excluded"]["safety"]["UNPARSED"]
+    assert excluded >= 1 and log.results.scores[0].unscored_samples == excluded
