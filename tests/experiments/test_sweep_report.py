@@ -303,3 +303,18 @@ def test_other_grid_axes_become_arms_of_the_comparison():
     assert any(s.startswith("shapo mask=subspace:top − dpo mask=uniform: +0.050 [") for s in lines)
     same, _ = report.fold_arms(hand_frame())  # nothing else varies: the frame is left as it is
     assert same.equals(hand_frame())
+
+
+def test_many_arms_pair_each_shapo_variant_with_its_base_loss():
+    """The composition study: four arms (more than three) give each against the first aligned arm,
+    and rdpo_shapo against rdpo (its base), but not rdpo against dpo_shapo."""
+    rows = []
+    for seed, values in enumerate([(0.80, 0.82, 0.70, 0.75), (0.78, 0.80, 0.72, 0.79)]):
+        for name, v in zip(("dpo", "dpo_shapo", "rdpo", "rdpo_shapo"), values):
+            rows.append(cell(f"{name}{seed}", name, 0.4, v, seed=seed))
+    lines = report.headline(pd.DataFrame(rows))
+    pairs = [s.split(":")[0] for s in lines if " − " in s and ":" in s]
+    assert "rdpo_shapo − rdpo" in pairs and "dpo_shapo − dpo" in pairs and "rdpo − dpo" in pairs
+    assert "rdpo − dpo_shapo" not in pairs and "rdpo_shapo − dpo_shapo" not in pairs
+    line = next(s for s in lines if s.startswith("rdpo_shapo − rdpo"))
+    assert "+0.060" in line  # (0.05 + 0.07) / 2

@@ -217,8 +217,8 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
     aligned = [m for m in methods if m != "none"]
     if len(aligned) > 1:
         for r in analysis.paired(frame[frame["method"].astype(str).isin(aligned)], y, at=noise):
-            if len(aligned) > 3 and r["a"] != aligned[0]:
-                continue  # many arms: each against the first aligned one, not every pair
+            if len(aligned) > 3 and r["a"] != aligned[0] and not _base_pair(r["a"], r["b"]):
+                continue  # many arms: each against the first aligned one and X_shapo against X, not every pair
             if r["b"] is not None and r["mean_diff"] is not None:
                 ci = f"[{r['low']:+.3f}, {r['high']:+.3f}]" if r["low"] is not None else f"({r['note']})"
                 where = f" at noise {r['at']:g}" if noise else ""
@@ -226,6 +226,11 @@ def headline(frame: pd.DataFrame, y: str = SAFETY) -> list[str]:
                            f"matched {_cells(r['n']).split()[1]}.")
     out += _side_lines(frame, methods)
     return out
+
+
+def _base_pair(a: str | None, b: str | None) -> bool:
+    """True for a method and its ShaPO variant (``rdpo`` and ``rdpo_shapo``): the composition study's pairs."""
+    return a is not None and b is not None and (a == f"{b}_shapo" or b == f"{a}_shapo")
 
 
 def _levels(rows: pd.DataFrame, y: str, duration: str | None) -> str:
