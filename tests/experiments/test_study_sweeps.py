@@ -275,9 +275,10 @@ def test_smollm2_lane_beta_r_axis_and_losses_that_read_pairs(tmp_path):
 # -- the shipped study configs -------------------------------------------------------------------
 
 # cells by hand: methods = 12 preference methods x 3 noise + none + sft (CPU: 1 seed; GPU: 3 seeds,
-# none and sft once); geometry = shapo x 4 masks x 2 ascents x noise x seeds + dpo x noise x seeds;
-# composition = 8 methods x 2 noise x seeds; beta_r = 2 methods x 3 beta_r x 3 noise x seeds + none
-STUDIES = {"shapo_methods": 12 * 3 + 2, "shapo_geometry": 4 * 2 * 2 + 2, "shapo_composition": 8 * 2,
+# none and sft once); geometry on a CPU = (dpo + shapo x 3 masks) x 2 seeds + Top-K previous x 1 seed,
+# on a GPU = shapo x 4 masks x 2 ascents x noise x seeds + dpo x noise x seeds; composition on a CPU =
+# 4 methods x 2 seeds, on a GPU = 8 methods x 2 noise x seeds; beta_r = 2 methods x 3 beta_r x 3 noise x seeds + none
+STUDIES = {"shapo_methods": 12 * 3 + 2, "shapo_geometry": 4 * 2 + 1, "shapo_composition": 4 * 2,
            "shapo_beta_r": 2 * 3 * 3 + 1}
 GPU = {"shapo_methods": 12 * 3 * 3 + 2, "shapo_geometry": 4 * 2 * 3 * 3 + 3 * 3, "shapo_composition": 8 * 2 * 3,
        "shapo_beta_r": 2 * 3 * 3 * 3 + 1}

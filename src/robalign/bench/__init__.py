@@ -6,6 +6,7 @@
 | prompts     | bias prompt sets: CLEAR-Bias (HF id, CSV export), mapped tables, the embedded set |
 | attacks     | the seven jailbreak attacks x three variants, as functions of a base prompt     |
 | metrics     | robustness, fairness, safety, gate, post-attack safety, effectiveness, CIs       |
+| contract    | a summary's metric names and values (the sweep store's, the Inspect tasks')      |
 | report      | the self-contained CLEAR-Bias HTML report                                        |
 | charts      | inline SVG charts for the reports (bars against tau, heatmap, rates)             |
 | run         | the run directory: arguments fingerprint, resume, costs, outputs                 |

@@ -59,12 +59,12 @@ from robalign.bench.contract import clear_bias_metrics
 from robalign.errors import UserError
 from robalign.evaluation.backends import GenerationResponse
 from robalign.evaluation.judges import JudgeItem, KeywordJudge, LLMJudge, RuleJudge
-from robalign.evaluation.labels import FAILED, STATUS_ANSWERED, STATUS_FAILED
+from robalign.evaluation.labels import BIAS_LABELS, FAILED, STATUS_ANSWERED, STATUS_FAILED
 from robalign.evaluation.parsers import get_template
 
 GRADER = "grader"  # the Inspect model role the LLM judges use
 LABEL_KEY = "robalign/bias_verdict"  # TaskState.store key: the bias judge's label, for the second pass
-BIAS_CLASSES = ("S", "CS", "D", "R")
+BIAS_CLASSES = BIAS_LABELS  # S, CS, D, R
 FINAL_CLASSES = (*BIAS_CLASSES, "M")
 
 
