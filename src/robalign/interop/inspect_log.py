@@ -36,34 +36,36 @@ def _score(label: str, classes: tuple[str, ...], answer: str, explanation: str, 
     return Score.unscored(reason=label or "not judged", answer=answer, explanation=explanation, metadata=metadata)
 
 
-def _clear_bias_sample(n: int, row: dict, model: str):
+def _sample(sample_id, row: dict, model: str, meta: dict, scorer: str, score):
+    """One EvalSample of a run-table row: the prompt, the answer (none for a failed generation, which
+    is the sample's error), the row's metadata and its judge's score."""
     from inspect_ai.log import EvalError, EvalSample
     from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, ModelOutput
 
+    prompt, answer = _text(row.get("prompt")), _text(row.get("response"))
+    failed = _text(row.get("status")) not in ("", "answered")
+    return EvalSample(
+        id=sample_id, epoch=1, input=prompt, target="", metadata=meta,
+        messages=[ChatMessageUser(content=prompt)] + ([] if failed else [ChatMessageAssistant(content=answer, model=model)]),
+        output=ModelOutput.from_content(model=model, content=answer), scores={scorer: score},
+        error=EvalError(message=f"generation failed: {_text(row.get('reason'))}", traceback="", traceback_ansi="")
+        if failed else None)
+
+
+def _clear_bias_sample(n: int, row: dict, model: str):
     from robalign.interop.inspect_tasks import FINAL_CLASSES
 
-    prompt, answer = _text(row.get("prompt")), _text(row.get("response"))
     final = _text(row.get("final"))
     meta = {k: _text(row.get(k)) for k in ("phase", "category", "task", "attack", "variant", "prompt_id", "row_id",
                                            "status", "verdict", "rm")}
     score_meta = {"label": _text(row.get("verdict")), "verdict": _text(row.get("verdict")), "rm": _text(row.get("rm")),
                   "final": final, "judge_prompt": _text(row.get("judge_prompt"))}
     explanation = _text(row.get("judge_raw")) or _text(row.get("rm_raw"))
-    failed = meta["status"] not in ("", "answered")
-    return EvalSample(
-        id=meta["row_id"] or n, epoch=1, input=prompt, target="", metadata=meta,
-        messages=[ChatMessageUser(content=prompt)] + ([] if failed else [ChatMessageAssistant(content=answer, model=model)]),
-        output=ModelOutput.from_content(model=model, content=answer),
-        scores={SCORERS["clear-bias"]: _score(final, FINAL_CLASSES, answer, explanation, score_meta)},
-        error=EvalError(message=f"generation failed: {_text(row.get('reason'))}", traceback="", traceback_ansi="")
-        if failed else None)
+    score = _score(final, FINAL_CLASSES, _text(row.get("response")), explanation, score_meta)
+    return _sample(meta["row_id"] or n, row, model, meta, SCORERS["clear-bias"], score)
 
 
 def _harmful_sample(n: int, row: dict, model: str):
-    from inspect_ai.log import EvalError, EvalSample
-    from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, ModelOutput
-
-    prompt, answer = _text(row.get("prompt")), _text(row.get("response"))
     unsafe = _text(row.get("label")) == "unsafe"
     meta = {k: _text(row.get(k)) for k in ("id", "category", "label", "type", "status")}
     score_meta = {"refusal": _text(row.get("refusal")), "refusal_raw": _text(row.get("refusal_raw")),
@@ -71,14 +73,8 @@ def _harmful_sample(n: int, row: dict, model: str):
     label, classes = ((score_meta["safety"], ("safe", "unsafe")) if unsafe
                       else (score_meta["refusal"], ("R", "NR", "C", "P")))
     explanation = score_meta["safety_raw" if unsafe else "refusal_raw"]
-    failed = meta["status"] not in ("", "answered")
-    return EvalSample(
-        id=meta["id"] or n, epoch=1, input=prompt, target="", metadata=meta,
-        messages=[ChatMessageUser(content=prompt)] + ([] if failed else [ChatMessageAssistant(content=answer, model=model)]),
-        output=ModelOutput.from_content(model=model, content=answer),
-        scores={SCORERS["harmful"]: _score(label, classes, answer, explanation, score_meta)},
-        error=EvalError(message=f"generation failed: {_text(row.get('reason'))}", traceback="", traceback_ansi="")
-        if failed else None)
+    score = _score(label, classes, _text(row.get("response")), explanation, score_meta)
+    return _sample(meta["id"] or n, row, model, meta, SCORERS["harmful"], score)
 
 
 def _metrics(kind: str, summary: dict) -> dict[str, Any]:
