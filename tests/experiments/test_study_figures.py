@@ -240,12 +240,12 @@ def test_probe_curves_final_epoch(study):
 
 
 def test_asr_per_method_and_judge(study):
-    """dpo: 0.2 / 0.4 -> 0.3 -+ 12.706 * 0.1; cdpo: 0.3 / 0.3, no spread; the llm judge's two dpo cells
+    """dpo: 0.2 / 0.4 -> 0.3 -+ 12.706 * 0.1, clipped to [0, 1]; cdpo: 0.3 / 0.3, no spread; the llm judge's two dpo cells
     0.5 / 0.5; the harmful judge 'rule' runs as keyword."""
     caption, _, (_, rows) = study_figures.asr_bars(study.frame, report.harmful_judge(study.info))
     by = {(r[1], r[2]): r for r in rows}
-    assert by[("dpo", "keyword")] == ["all cells", "dpo", "keyword", "2", f"0.300 [{0.3 - T1 * 0.1:.3f}, "
-                                      f"{0.3 + T1 * 0.1:.3f}]"]
+    # 0.3 -+ 1.271 reaches past a rate's range: cut at [0, 1]
+    assert by[("dpo", "keyword")] == ["all cells", "dpo", "keyword", "2", "0.300 [0.000, 1.000]"]
     assert by[("cdpo", "keyword")][4] == "0.300 [0.300, 0.300]"
     assert by[("dpo", "llm")][3:] == ["2", "0.500 [0.500, 0.500]"]
     assert ("none", "llm") not in by and len(rows) == 6
@@ -258,7 +258,7 @@ def test_composition_bars_and_shapo_minus_base(study):
     rows = _rows(study_figures.composition(study.frame, study.recipes))
     by = {(r[0], r[3]): r for r in rows}
     assert [r[3] for r in rows if r[0] == Y] == ["cdpo", "cdpo_shapo", "dpo", "shapo"]
-    assert by[(Y, "cdpo")][2:7] == ["cdpo", "cdpo", "no", "2", f"0.650 [{0.65 - T1 * 0.05:.3f}, {0.65 + T1 * 0.05:.3f}]"]
+    assert by[(Y, "cdpo")][2:7] == ["cdpo", "cdpo", "no", "2", f"0.650 [{0.65 - T1 * 0.05:.3f}, 1.000]"]  # a rate's CI stops at 1
     p = 1 - 2 * math.atan(3) / math.pi
     assert by[(Y, "cdpo_shapo")][7] == (f"+0.150 [{0.15 - T1 * 0.05:+.3f}, {0.15 + T1 * 0.05:+.3f}], 2 pairs, "
                                         f"p = {p:.2g}")

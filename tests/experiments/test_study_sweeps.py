@@ -212,6 +212,58 @@ def test_a_shapo_cell_trains_with_the_mask_it_asked_for(study):
     assert result.metrics["train/steps"] == 2 and "clear_bias/safety" in result.metrics
 
 
+def test_probe_curves_added_to_a_stored_sweep_keep_its_masks_and_reach_its_done_cells(study, tmp_path):
+    """``subspace.curves: [adam]`` after the fact: the probe gains adam's epochs (Figure 6) on the same
+    features, its vector and every mask stay byte for byte, the store takes the new config without
+    --restart, and a done ShaPO cell on the top mask gets probe/adam/* curves (once)."""
+    import dataclasses
+
+    from robalign.errors import UserError
+    from robalign.experiments.curves import read_curves, refresh_probe_curves
+    from robalign.experiments.store import Store
+    from robalign.experiments.sweep import EXTENDABLE
+
+    sweep, _ = study
+    (root,) = (sweep.out_dir / "subspace").iterdir()
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "probe.json"}
+    lbfgs_before = json.loads((root / "probe" / "probe.json").read_text())["estimators"]["lbfgs"]
+    store = Store(f"sqlite:///{tmp_path / 'results.sqlite'}")
+    store.add_sweep(sweep.name, sweep.to_dict(), {}, extendable=EXTENDABLE)
+    top = cell(sweep, "shapo", mask="subspace:top")
+    provenance = {"train_config": {"training": {"shapo": {"enabled": True, "mask": str(root / "top-f0.05")}}}}
+    assert store.claim(sweep.name, top.id, top.params, "w")
+    store.finish(sweep.name, top.id, metrics={"x": 1.0}, run_dir=str(tmp_path), provenance=provenance)
+    assert refresh_probe_curves(store, sweep.name) == {}  # L-BFGS has no epochs: nothing to draw
+
+    extended = dataclasses.replace(sweep, subspace=dataclasses.replace(sweep.subspace, curves=["adam"]))
+    messages: list[str] = []
+    pipeline.prepare(extended, messages.append)
+    assert [m.split(": ")[1].split(" (")[0] for m in messages if m.startswith("probe ")] == ["added adam"]
+    assert not any(m.startswith(("subspace ", "sft ")) for m in messages)  # no mask, no model made again
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "probe.json"} == before
+    probe = json.loads((root / "probe" / "probe.json").read_text())
+    assert probe["estimators"]["lbfgs"] == lbfgs_before and probe["curves"] == ["adam"]
+    history = probe["estimators"]["adam"]["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 21))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # Adam lowers its own loss
+
+    store.add_sweep(sweep.name, extended.to_dict(), {}, extendable=EXTENDABLE)  # kept, not refused
+    written = refresh_probe_curves(store, sweep.name)
+    assert set(written) == {top.id} and written[top.id] == 4 * 20
+    curves = read_curves(store, sweep.name, ["probe/"])
+    assert sorted(curves["name"].unique()) == [f"probe/adam/{k}" for k in
+                                               ("eval_accuracy", "eval_loss", "train_accuracy", "train_loss")]
+    assert curves[curves["name"] == "probe/adam/train_loss"]["value"].tolist() == \
+        pytest.approx([h["train_loss"] for h in history])
+    assert refresh_probe_curves(store, sweep.name) == {}  # already there
+    pipeline.prepare(extended, messages.append)
+    assert sum(m.startswith("probe ") for m in messages) == 1  # the second prepare fits nothing
+
+    other = dataclasses.replace(sweep, subspace=dataclasses.replace(sweep.subspace, estimator="adam"))
+    with pytest.raises(UserError, match="differs at: subspace.curves, subspace.estimator"):
+        store.add_sweep(sweep.name, other.to_dict(), {}, extendable=EXTENDABLE)  # another mask: --restart
+
+
 # -- the smollm2 lane: β_r as an axis, losses that ignore q ---------------------------------------
 
 

@@ -36,13 +36,13 @@ def hand_frame() -> pd.DataFrame:
 
 
 def test_headline_numbers_by_hand():
-    """none: mean 0.6, t CI 0.6 -+ 12.706 * 0.1. dpo at noise 0 is one cell: its own CI; dpo - none
+    """none: mean 0.6, t CI 0.6 -+ 12.706 * 0.1 cut at [0, 1] (safety is a rate). dpo at noise 0 is one cell: its own CI; dpo - none
     matched on seed 0: 0.80 - 0.5 = +0.30, one pair. dpo vs noise: S_xy = -0.04, S_xx = 0.08 ->
     slope -0.5, -0.2 over 0..0.4; residuals (0.0133, -0.0267, 0.0133), SSE 0.0010667 (1 df),
     se = sqrt(SSE / 0.08), CI over the range 0.4 * (-0.5 -+ 12.706 se)."""
     lines = report.headline(hand_frame())
-    assert lines[0] == (f"Un-aligned model (method=none): {Y} = 0.600 [{0.6 - T1 * 0.1:.3f}, "
-                        f"{0.6 + T1 * 0.1:.3f}] (95% t CI over cells) (2 cells).")
+    assert lines[0] == (f"Un-aligned model (method=none): {Y} = 0.600 [0.000, 1.000] (95% t CI over cells, "
+                        f"cut at the rate's range [0, 1]) (2 cells).")  # 0.6 -+ 1.27 passes both ends
     assert lines[1].startswith(f"After dpo at noise 0: {Y} = 0.800 [0.750, 0.850] (95% the cell's own CI) (1 cell)")
     assert "dpo − none = +0.300 (one matched pair: a difference but no CI) over 1 matched cell" in lines[1]
     se = math.sqrt(0.0010666666 / 0.08)
@@ -301,6 +301,13 @@ def test_other_grid_axes_become_arms_of_the_comparison():
     assert diffs[("dpo mask=uniform", "shapo mask=uniform")] == pytest.approx(0.005)
     lines = report.headline(frame)  # one noise level: the arms' paired differences without "at noise"
     assert any(s.startswith("shapo mask=subspace:top − dpo mask=uniform: +0.050 [") for s in lines)
+    # with DPO's recipe known to train without ShaPO, its (skipped) mask is no part of its name
+    named, _ = report.fold_arms(pd.DataFrame(rows), {"shapo": ("dpo", True), "dpo": ("dpo", False)})
+    assert sorted(named["method"].unique()) == ["dpo", "none", "shapo mask=subspace:top", "shapo mask=uniform"]
+    # ... unless that would merge DPO cells the mask axis kept apart (no skip rule)
+    rows.append(cell("d0b", "dpo", 0.0, 0.9, seed=0, **{"training.shapo.mask": "subspace:top"}))
+    kept, _ = report.fold_arms(pd.DataFrame(rows), {"shapo": ("dpo", True), "dpo": ("dpo", False)})
+    assert {"dpo mask=uniform", "dpo mask=subspace:top"} <= set(kept["method"])
     same, _ = report.fold_arms(hand_frame())  # nothing else varies: the frame is left as it is
     assert same.equals(hand_frame())
 

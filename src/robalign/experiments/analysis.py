@@ -369,10 +369,22 @@ def _holm(rows: list[dict], name: str) -> None:
 
 # -------------------------------------------------------------------- summaries for figures and headlines
 
+# metrics that are shares of prompts or pairs (the last part of the name): their t CIs are clipped to [0, 1]
+RATES = frozenset({"safety", "robustness", "fairness", "compliance", "refusal", "over_refusal", "accuracies",
+                   "accuracy", "eval_accuracy", "win_rate", "asr"})
+
+
+def metric_range(name: str | None) -> tuple[float, float] | None:
+    """(0, 1) for a metric that is a rate (``RATES``), else None (margins, losses, differences)."""
+    return (0.0, 1.0) if name and name.rsplit("/", 1)[-1] in RATES else None
+
+
 def mean_ci(values: Sequence[float], lows: Sequence[float] | None = None, highs: Sequence[float] | None = None,
-            level: float = 0.95) -> dict:
+            level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
     """Mean of the cells' values with a t CI over cells (n >= 2), or the single cell's own CI
-    (``lows`` / ``highs``, e.g. the bench's bootstrap over prompts). ``source`` says which."""
+    (``lows`` / ``highs``, e.g. the bench's bootstrap over prompts). ``source`` says which. With
+    ``bounds`` (a rate's [0, 1]), a t CI reaching past them is cut there (two seeds' t CI of a
+    rate easily spans ±0.3) and ``clipped`` is True."""
     from scipy import stats
 
     v = np.asarray(values, dtype=float)
@@ -382,7 +394,10 @@ def mean_ci(values: Sequence[float], lows: Sequence[float] | None = None, highs:
     if len(v) >= 2:
         sem = v.std(ddof=1) / math.sqrt(len(v))
         low, high = (v.mean(), v.mean()) if sem == 0 else stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=sem)
-        out |= {"low": _clean(low), "high": _clean(high), "source": "cells"}
+        clipped = bounds is not None and (low < bounds[0] or high > bounds[1])
+        if clipped:
+            low, high = max(low, bounds[0]), min(high, bounds[1])
+        out |= {"low": _clean(low), "high": _clean(high), "source": "cells", "clipped": clipped}
     elif len(v) == 1 and lows is not None and highs is not None:
         low, high = np.asarray(lows, dtype=float)[keep][0], np.asarray(highs, dtype=float)[keep][0]
         if not (math.isnan(low) or math.isnan(high)):
@@ -399,7 +414,7 @@ def _ci_columns(rows: pd.DataFrame, y: str) -> tuple:
 def describe(df: pd.DataFrame, y: str, by: str | None = "method", level: float = 0.95) -> list[dict]:
     """Per group: ``mean_ci`` of y over its cells."""
     require_columns(df, y=y, by=by)
-    return [{"group": g} | mean_ci(_numeric(rows, y, "y"), *_ci_columns(rows, y), level=level)
+    return [{"group": g} | mean_ci(_numeric(rows, y, "y"), *_ci_columns(rows, y), level=level, bounds=metric_range(y))
             for g, rows in _groups(df, by)]
 
 
@@ -412,5 +427,5 @@ def curve(df: pd.DataFrame, x: str, y: str, by: str | None = "method", level: fl
         for value in sorted(xs.dropna().unique()):
             at = rows[xs == value]
             out.append({"group": g, "x": float(value)} | mean_ci(_numeric(at, y, "y"), *_ci_columns(at, y),
-                                                                  level=level))
+                                                                  level=level, bounds=metric_range(y)))
     return out

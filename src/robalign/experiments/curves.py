@@ -22,6 +22,8 @@ evenly spaced positions, the last kept: a figure needs no more, and a 2,500-step
 160k-pair soft-label file would otherwise put 10^5 rows per cell into a shared store.
 
 Writing. ``write_curves`` replaces a cell's rows in one transaction; a re-run writes them again.
+``refresh_probe_curves`` (run by the sweep after ``prepare``) rewrites the ``probe/`` rows of done
+cells whose probe gained an estimator (``subspace.curves`` added to a stored sweep).
 The sweep runner calls ``record_cell_curves`` after ``run_cell`` and before ``Store.finish``, so a
 cell's curves are in the store by the time it is done; ``read_curves`` returns the curves of done
 cells only, so a cell that failed after writing them shows nothing. ``Store.delete_sweep`` removes
@@ -77,13 +79,17 @@ def cell_series(cell_dir: str | Path, provenance: Mapping) -> dict[str, dict[int
     train_file = (config.get("data") or {}).get("train")
     if train_file and Path(train_file).is_file():
         out |= soft_label_series(Path(train_file))
-    shapo = (config.get("training") or {}).get("shapo") or {}
-    if shapo.get("enabled") and shapo.get("mask") not in (None, "uniform"):
-        mask = Path(shapo["mask"])
-        mask_info = _read_json(mask / "mask.json" if mask.is_dir() else mask.parent / "mask.json")
-        if mask_info.get("probe"):
-            out |= probe_series(Path(mask_info["probe"]))
-    return out
+    return out | cell_probe_series(provenance)
+
+
+def cell_probe_series(provenance: Mapping) -> dict[str, dict[int, float]]:
+    """The ``probe/...`` series of the probe behind the cell's ShaPO mask; {} without one."""
+    shapo = ((provenance.get("train_config") or {}).get("training") or {}).get("shapo") or {}
+    if not shapo.get("enabled") or shapo.get("mask") in (None, "uniform"):
+        return {}
+    mask = Path(shapo["mask"])
+    mask_info = _read_json(mask / "mask.json" if mask.is_dir() else mask.parent / "mask.json")
+    return probe_series(Path(mask_info["probe"])) if mask_info.get("probe") else {}
 
 
 def training_series(path: Path, max_points: int = MAX_POINTS) -> dict[str, dict[int, float]]:
@@ -166,9 +172,29 @@ def backfill_curves(store, sweep: str) -> dict[str, int]:
             for _, r in cells[cells["status"] == "done"].iterrows() if r["run_dir"]}
 
 
-def write_curves(store, sweep: str, cell: str, series: Mapping[str, Mapping[int, float]]) -> int:
-    """Replace the cell's curves by ``series`` (name -> {step: value}) in one transaction. The cell
-    must be in the store (claimed); NaN and inf are stored as NULL."""
+def refresh_probe_curves(store, sweep: str) -> dict[str, int]:
+    """Re-read the probe series of every done cell whose probe.json now holds series the store has
+    not (an estimator ``subspace.curves`` added after the cell ran: pipeline_subspace.ensure_probe),
+    replacing that cell's ``probe/`` rows only. Returns cell -> rows written, for the cells changed."""
+    cells = store.cells(sweep)
+    done = cells[cells["status"] == "done"] if len(cells) else cells
+    if not len(done):
+        return {}
+    stored = read_curves(store, sweep, ["probe/"])
+    have = stored.groupby("cell")["name"].agg(set).to_dict() if len(stored) else {}
+    written = {}
+    for _, row in done.iterrows():
+        series = cell_probe_series(row["provenance"] or {})
+        if series and set(series) != have.get(row["cell"], set()):
+            written[row["cell"]] = write_curves(store, sweep, row["cell"], series, prefix="probe/")
+    return written
+
+
+def write_curves(store, sweep: str, cell: str, series: Mapping[str, Mapping[int, float]],
+                 prefix: str | None = None) -> int:
+    """Replace the cell's curves by ``series`` (name -> {step: value}) in one transaction; with
+    ``prefix``, only its curves whose names start with it. The cell must be in the store (claimed);
+    NaN and inf are stored as NULL."""
     rows = [{"sweep": sweep, "cell": cell, "name": name, "step": int(step), "value": _number(value)}
             for name, points in series.items() for step, value in points.items()]
     for name in series:
@@ -176,7 +202,10 @@ def write_curves(store, sweep: str, cell: str, series: Mapping[str, Mapping[int,
             raise ValueError(f"curve name must be a non-empty string of at most 300 characters, not {name!r}")
     with store.write_transaction() as conn:  # BEGIN IMMEDIATE on SQLite, fork-safe
         _ensure_table(conn, store)
-        conn.execute(_curves.delete().where(_curves.c.sweep == sweep, _curves.c.cell == cell))
+        mine = (_curves.c.sweep == sweep) & (_curves.c.cell == cell)
+        if prefix is not None:
+            mine &= _curves.c.name.startswith(prefix, autoescape=True)
+        conn.execute(_curves.delete().where(mine))
         if rows:
             try:
                 conn.execute(_curves.insert(), rows)

@@ -111,8 +111,22 @@ def fold_arms(frame: pd.DataFrame, recipes: dict | None = None) -> tuple[pd.Data
     if not extra:
         return frame, recipes
     base = frame["method"].astype(str)
-    arms = base + frame[extra].apply(
-        lambda r: "".join(f" {c.rsplit('.', 1)[-1]}={_v(r[c])}" for c in extra if not _missing(r[c])), axis=1)
+
+    def arm(row, shown) -> str:
+        return row["method"] + "".join(f" {c.rsplit('.', 1)[-1]}={_v(row[c])}" for c in shown if not _missing(row[c]))
+
+    def meaningful(row) -> list[str]:  # a ShaPO setting of a method that trains without ShaPO says nothing
+        recipe = recipes.get(row["method"])  # study_figures.Recipe (loss, shapo)
+        plain = recipe is not None and not recipe[1]
+        return [c for c in extra if not (plain and c.startswith("training.shapo."))]
+
+    arms = frame.apply(lambda r: arm(r, extra), axis=1)
+    short = frame.apply(lambda r: arm(r, meaningful(r)), axis=1)
+    keys = [c for c in ("seed", *sweep_axes(frame)) if c in frame.columns]
+    for method in base.unique():  # the short names unless they merge cells a ShaPO axis kept apart
+        rows = base == method
+        if not frame.loc[rows, keys].assign(_arm=short[rows]).duplicated().any():
+            arms[rows] = short[rows]
     arms = arms.where(base != "none", "none")  # the un-aligned model has no arm: its skip rules fix the rest
     recipes |= {arm: recipes[m] for arm, m in zip(arms, base) if m in recipes}
     return frame.drop(columns=extra).assign(method=arms), recipes
@@ -160,8 +174,14 @@ def _cells(n: int) -> str:
 def _ci_text(d: dict, digits: int = 3) -> str:
     if d.get("low") is None:
         return "(no CI: one cell)" if d.get("n") == 1 else "(no CI)"
-    how = "t CI over cells" if d.get("source") == "cells" else "the cell's own CI"
+    how = _how(d)
     return f"[{d['low']:.{digits}f}, {d['high']:.{digits}f}] (95% {how})"
+
+
+def _how(d: dict) -> str:
+    if d.get("source") != "cells":
+        return "the cell's own CI"
+    return "t CI over cells, cut at the rate's range [0, 1]" if d.get("clipped") else "t CI over cells"
 
 
 def _signed(v: float, digits: int = 3) -> str:
@@ -247,7 +267,7 @@ def _levels(rows: pd.DataFrame, y: str, duration: str | None) -> str:
             parts.append(f"no value {where}")
             continue
         ci = f" [{d['low']:.3f}, {d['high']:.3f}]" if d.get("low") is not None else ""
-        sources.add(("t CI over cells" if d.get("source") == "cells" else "the cell's own CI") if ci else "no CI")
+        sources.add(_how(d) if ci else "no CI")
         parts.append(f"{d['mean']:.3f}{ci} {where}")
     return ", ".join(parts) + f" (95%: {', '.join(sorted(sources))})"
 

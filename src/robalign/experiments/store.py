@@ -152,9 +152,10 @@ class Store:
 
     def add_sweep(self, name: str, config: dict, provenance: dict, extendable: tuple[str, ...] = ()) -> None:
         """Record a sweep. The same config again (compared as canonical JSON) is a no-op; a different
-        one under an existing name is a UserError, unless it differs only inside the top-level keys
-        ``extendable`` (a sweep's grid values, skip rules and executor: settings that choose which
-        cells run and where, not what a cell computes), where the stored config becomes the new one.
+        one under an existing name is a UserError, unless it differs only inside the keys
+        ``extendable``, top-level or dotted (a sweep's grid values, skip rules, executor, extra probe
+        curves: settings that choose which cells run, where, and what the report shows of them, not
+        what a cell computes), where the stored config becomes the new one.
         A grid's keys must stay the same: a new axis would give every cell another identity."""
         _check_key("sweep name", name, 200)
         config_json = json.dumps(self._clean(config), sort_keys=True, separators=(",", ":"), default=str)
@@ -565,10 +566,12 @@ def _flatten(params: Mapping, prefix: str = "") -> dict:
 
 
 def _only_extends(old: dict, new: dict, extendable: tuple[str, ...]) -> bool:
-    """True when two sweep configs differ only inside ``extendable`` top-level keys, with the same grid axes."""
-    changed = {key.split(".", 1)[0] for key in _differences(old, new)}
+    """True when two sweep configs differ only inside ``extendable`` keys (top-level or dotted:
+    ``subspace.curves``), with the same grid axes."""
+    changed = _differences(old, new)
+    inside = all(any(key == e or key.startswith(e + ".") for e in extendable) for key in changed)
     same_axes = set(old.get("grid") or {}) == set(new.get("grid") or {})
-    return bool(changed) and changed <= set(extendable) and same_axes
+    return bool(changed) and inside and same_axes
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -142,7 +142,10 @@ class SubspaceSection:
 
     fraction: float = 0.01  # K = fraction * layers * d_ff neurons (official recipe: 1 %)
     probe_pairs: int = 512  # seeded sample of the lane's training pairs the probe reads (harmless requests left out)
-    estimator: str = "lbfgs"  # lbfgs | adam (robalign probe --estimator)
+    estimator: str = "lbfgs"  # lbfgs | adam (robalign probe --estimator): the head whose vector ranks the neurons
+    # more estimators fitted on the same features for the report's probe curves alone (Figure 6 needs adam's
+    # epochs); the mask stays the one of `estimator`, so adding them to a stored sweep keeps its cells
+    curves: list[str] = field(default_factory=list)
     max_length: int = 256  # tokens per probe text (long texts keep their end)
     seed: int = 0  # the probe's pair sample and prompt split; random masks use the cell's seed
 
@@ -384,6 +387,14 @@ def _validate_stages(sweep: SweepConfig, fail: Callable[[str, str], None]) -> No
         fail("subspace.fraction", f"must lie in (0, 1], got {sweep.subspace.fraction} (the official recipe: 0.01)")
     if sweep.subspace.probe_pairs < 2 or sweep.subspace.max_length < 8:
         fail("subspace", "probe_pairs must be >= 2 and max_length >= 8")
+    from robalign.training.probe import ESTIMATORS
+
+    if sweep.subspace.estimator not in ESTIMATORS:
+        fail("subspace.estimator", f"must be one of {', '.join(ESTIMATORS)}, got {sweep.subspace.estimator!r}")
+    extra = [e for e in sweep.subspace.curves if e not in ESTIMATORS or e == sweep.subspace.estimator]
+    if extra:
+        fail("subspace.curves", f"{extra}: list estimators other than subspace.estimator "
+                                f"({sweep.subspace.estimator}) from {', '.join(ESTIMATORS)}, e.g. [adam]")
     if not _positive(sweep.soft_labels.beta_r):
         fail("soft_labels.beta_r", f"must be a finite number > 0, got {sweep.soft_labels.beta_r}")
 
@@ -477,7 +488,7 @@ def _coerce(key: str, value: Any) -> Any:
 
 # a sweep re-run with other values in these keys keeps its done cells: they choose which cells run and
 # where, not what a cell computes (its id is the sweep name and its own parameters)
-EXTENDABLE = ("grid", "skip", "executor")
+EXTENDABLE = ("grid", "skip", "executor", "subspace.curves")
 
 
 def cell_id(sweep_name: str, params: dict) -> str:
@@ -575,6 +586,11 @@ def run_sweep(sweep: SweepConfig, executor: str | None = None, store_url: str | 
         if executor == "local" and sweep.executor.workers > 1:
             log("executor.workers > 1 takes effect with --executor ray; local runs one cell at a time")
         module.prepare(sweep, log)
+        from robalign.experiments.curves import refresh_probe_curves
+
+        refreshed = refresh_probe_curves(store, sweep.name)  # probes that gained subspace.curves in prepare
+        if refreshed:
+            log(f"sweep {sweep.name}: probe curves added to {len(refreshed)} done cells")
         # the lock makes this driver the only one of this host and OUT, so cells left running under
         # this name belong to a driver that died: claim() hands them back to us
         worker = f"{socket.gethostname()}:{out.resolve()}"
