@@ -272,6 +272,11 @@ def test_shapo_minus_base_is_signed_whatever_the_names_order():
     # a_shapo sorts first, so analysis.paired gives base - shapo: the figure flips it
     text = study_figures._shapo_minus_base(frame, Y, "z_base", "a_shapo")
     assert text.startswith("+0.150 [") and "2 pairs" in text
+    # the figure's two-line label under the bars: 0.15 -+ 12.706 * 0.05, t = 3 on 1 df
+    label = study_figures._shapo_minus_base(frame, Y, "z_base", "a_shapo", short=True)
+    assert label == (f"Δ +0.150, p {1 - 2 * math.atan(3) / math.pi:.2g}\n"
+                     f"[{0.15 - T1 * 0.05:+.3f}, {0.15 + T1 * 0.05:+.3f}]")
+    assert study_figures._shapo_minus_base(frame, Y, "z_base", "nobody", short=True) == ""
 
 
 def test_the_page_has_each_study_figure_with_its_numbers(study, tmp_path):

@@ -107,7 +107,9 @@ def bar_panels(panels: list[tuple[str, list[tuple[str, list[tuple]]]]], y_label:
     cols = max(1, min(len(panels), ncols))
     rows = math.ceil(len(panels) / cols)
     widest = max(sum(len(b) for _, b in groups) + len(groups) for _, groups in panels)
-    fig = _figure(min(max(4.0, 0.42 * widest + 1.8) * cols, 14), (3.9 if bar_ticks else 3.3) * rows)
+    notes = any("\n" in g for _, groups in panels for g, _ in groups)  # a group label of several lines
+    fig = _figure(min(max(4.0, (0.55 if notes else 0.42) * widest + 1.8) * cols, 14),
+                  (3.9 if bar_ticks else 3.3) * rows + (0.35 * rows if notes else 0))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
@@ -130,7 +132,8 @@ def bar_panels(panels: list[tuple[str, list[tuple[str, list[tuple]]]]], y_label:
         if bar_ticks:
             ax.set_xticks(ticks, names, rotation=30, ha="right", fontsize=8)
             below = ax.secondary_xaxis("bottom")
-            below.set_xticks([c for c, _ in centres], [g for _, g in centres], fontsize=9, fontweight="bold")
+            below.set_xticks([c for c, _ in centres], [g for _, g in centres], fontsize=8 if notes else 9,
+                             fontweight="bold")
             below.tick_params(length=0, pad=52)
         else:
             ax.set_xticks([c for c, _ in centres], [g for _, g in centres], fontsize=9)
@@ -141,8 +144,8 @@ def bar_panels(panels: list[tuple[str, list[tuple[str, list[tuple]]]]], y_label:
     if legend:
         from matplotlib.patches import Patch
 
-        fig.legend([Patch(color=c) for _, c in legend], [n for n, _ in legend], loc="outside right upper",
-                   fontsize=9, frameon=False)
+        fig.legend([Patch(color=c) for _, c in legend], [n for n, _ in legend], loc="outside lower center",
+                   ncols=len(legend), fontsize=9, frameon=False)  # below: a narrow figure has no room beside its title
     fig.suptitle(title, fontsize=11)
     return _png(fig)
 
@@ -373,20 +376,25 @@ def asr_bars(frame: pd.DataFrame, harmful_judge: str | None = None):
     return caption, png, (["panel", "method", "judge", "cells", "ASR [95% CI]"], table)
 
 
-def _shapo_minus_base(rows: pd.DataFrame, y: str, base: str, shapo: str) -> str:
-    """Paired mean of y(shapo) − y(base) over cells matched on every other key, its t CI and p."""
+def _shapo_minus_base(rows: pd.DataFrame, y: str, base: str, shapo: str, short: bool = False) -> str:
+    """Paired mean of y(shapo) − y(base) over cells matched on every other key, its t CI and p
+    (``short``: two lines and no count, for a figure's label; "" when there is no pair)."""
     from robalign.errors import UserError
 
     try:
         (r,) = analysis.paired(rows[rows["method"].astype(str).isin([base, shapo])], y, at=None)
     except (UserError, ValueError):
-        return "–"
+        return "" if short else "–"
     if r["mean_diff"] is None:
-        return f"– ({r['note']})"
+        return "" if short else f"– ({r['note']})"
     sign = -1.0 if r["a"] == shapo else 1.0  # paired gives b − a in group order
     ci = sorted((sign * r["low"], sign * r["high"])) if r["low"] is not None else None
-    return (f"{sign * r['mean_diff']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else " (no CI)")
-            + f", {r['n']} pairs" + (f", p = {r['p']:.2g}" if r["p"] is not None else ""))
+    num = lambda v: f"{round(v, 3) + 0.0:+.3f}"  # noqa: E731  (+ 0.0: no "-0.000")
+    if short:  # two lines under a pair of bars
+        return (f"Δ {num(sign * r['mean_diff'])}" + (f", p {r['p']:.2g}" if r["p"] is not None else "")
+                + (f"\n[{num(ci[0])}, {num(ci[1])}]" if ci else ""))
+    text = num(sign * r["mean_diff"]) + (f" [{num(ci[0])}, {num(ci[1])}]" if ci else " (no CI)")
+    return text + f", {r['n']} pairs" + (f", p = {r['p']:.2g}" if r["p"] is not None else "")
 
 
 def composition(frame: pd.DataFrame, recipes: dict[str, Recipe]):
@@ -407,21 +415,25 @@ def composition(frame: pd.DataFrame, recipes: dict[str, Recipe]):
         for title, at in facets:
             groups = []
             for fam in families:
-                bars = []
+                bars, label = [], fam
+                base = arms[fam][False][0]
                 for method in arms[fam][False] + arms[fam][True]:
                     d = analysis.describe(at[at["method"].astype(str) == method], y, by=None)[0]
                     shapo = recipes[method].shapo
                     bars.append((method, d["mean"], d["low"], d["high"], SHAPO_COLOR if shapo else BASE_COLOR))
-                    diff = _shapo_minus_base(at, y, arms[fam][False][0], method) if shapo else ""
+                    diff = _shapo_minus_base(at, y, base, method) if shapo else ""
                     table.append([y, title, fam, method, "yes" if shapo else "no", str(d["n"]), _mean_text(d), diff])
-                groups.append((fam, bars))
+                if len(arms[fam][True]) == 1:  # the paired difference: seeds move every bar, pairs cancel that
+                    label += "\n" + _shapo_minus_base(at, y, base, arms[fam][True][0], short=True)
+                groups.append((label.strip(), bars))
             panels.append((f"{y}, {title}" if len(facets) > 1 else y, groups))
     pooled = _pooled(frame, frame["cell"], _axes_skipped(frame))
     caption = ("Composition (the ShaPO paper's Figure 4): each loss family without ShaPO (blue) and with it (orange), "
                "read from the cells' resolved train configs, for " + " and ".join(metrics) + " (attack success rate: "
                "lower is safer). Bar: the mean over the cells (seeds" + (f"; pooled over {', '.join(pooled)}" if pooled
-               else "") + "); error bar: 95% t CI over them, or the cell's own CI where one cell stands alone. The "
-               "table adds ShaPO − base, paired over cells matched on every other key, with the paired t CI and p.")
+               else "") + "); error bar: 95% t CI over them, or the cell's own CI where one cell stands alone. Under "
+               "each family, and in the table: ShaPO − base (Δ), paired over cells matched on every other key (seed "
+               "included), with the paired t CI and p; the pairs remove the seed's shift that widens every bar's CI.")
     png = bar_panels(panels, "value", "composition: loss family × ShaPO",  # rows: metric × duration
                      [("without ShaPO", BASE_COLOR), ("with ShaPO", SHAPO_COLOR)], bar_ticks=True,
                      ncols=_noise_levels(frame))
