@@ -394,7 +394,7 @@ def mean_ci(values: Sequence[float], lows: Sequence[float] | None = None, highs:
     if len(v) >= 2:
         sem = v.std(ddof=1) / math.sqrt(len(v))
         low, high = (v.mean(), v.mean()) if sem == 0 else stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=sem)
-        clipped = bounds is not None and (low < bounds[0] or high > bounds[1])
+        clipped = bool(bounds is not None and (low < bounds[0] or high > bounds[1]))
         if clipped:
             low, high = max(low, bounds[0]), min(high, bounds[1])
         out |= {"low": _clean(low), "high": _clean(high), "source": "cells", "clipped": clipped}

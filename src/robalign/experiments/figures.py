@@ -106,7 +106,10 @@ def line_panels(panels: list[tuple[str, list[dict]]], x_label: str, y_label: str
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=9, frameon=False)
+        # long arm names ("shapo mask=subspace:top ascent=fresh") beside one panel would cover the title
+        wide = len(axes) == 1 and max(map(len, labels)) > 24
+        fig.legend(handles, labels, loc="outside lower center" if wide else "outside right upper", fontsize=9,
+                   frameon=False, ncols=2 if wide else 1)
     fig.suptitle(title, fontsize=11)
     return _png(fig)
 

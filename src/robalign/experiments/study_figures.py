@@ -135,8 +135,10 @@ def bar_panels(panels: list[tuple[str, list[tuple[str, list[tuple]]]]], y_label:
             below.set_xticks([c for c, _ in centres], [g for _, g in centres], fontsize=8 if notes else 9,
                              fontweight="bold")
             below.tick_params(length=0, pad=52)
-        else:
-            ax.set_xticks([c for c, _ in centres], [g for _, g in centres], fontsize=9)
+        else:  # long arm names side by side would run into each other: slanted
+            slant = max((len(g) for _, g in centres), default=0) > 12
+            ax.set_xticks([c for c, _ in centres], [g for _, g in centres], fontsize=8 if slant else 9,
+                          rotation=25 if slant else 0, ha="right" if slant else "center")
         ax.set_ylim(0, 1.12)
         ax.set_title(panel, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
